@@ -1,0 +1,3 @@
+from fastmbr.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Learned models of natural variation: MUNIT (content encoder, style code δ, AdaIN decoder)."""

@@ -1,0 +1,1 @@
+"""Data: dataset registry, readers of the real on-disk formats, domain shifts, loaders."""

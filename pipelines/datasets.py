@@ -1,0 +1,210 @@
+"""Dataset registry: name → reader, on-disk folder, classes, preparation size and the shifts it supports.
+
+``load_split`` reads one split as stored; ``load_domains`` prepares images (RGB, the preset size), applies the
+shift, and carves a validation split out of domain A's training data, so model selection never sees B.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.shifts import ShiftSpec, parse_shift, split_domains
+from fastmbr.pipelines.types import ImageFiles, LabeledImages
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    reader: str  # "module:function" taking (root: Path, split: str)
+    folder: str  # folder name under the data root
+    num_classes: int
+    image_size: int  # size images are prepared at (paper: 32 for digits/SVHN/CURE-TSR, 64 for GTSRB)
+    splits: tuple[str, ...]
+    shifts: tuple[str, ...]
+    default_shift: str
+    in_memory: bool = True
+    description: str = ""
+
+
+_R = "fastmbr.pipelines.readers"
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in (
+        DatasetInfo("mnist", f"{_R}.idx:read", "mnist", 10, 32, ("train", "test"), ("background-color",),
+                    "background-color", description="MNIST idx (embedded subset when no data folder is found)"),
+        DatasetInfo("fashion-mnist", f"{_R}.idx:read", "fashion-mnist", 10, 32, ("test",), ("background-color",),
+                    "background-color", description="Fashion-MNIST idx"),
+        DatasetInfo("usps", f"{_R}.usps:read", "usps", 10, 32, ("test",), ("background-color",),
+                    "background-color", description="USPS LIBSVM .bz2"),
+        DatasetInfo("mnist-m", f"{_R}.imagefolder:read", "mnist-m", 10, 32, ("test",), ("none",), "none",
+                    description="MNIST-M PNG folder"),
+        DatasetInfo("svhn", f"{_R}.svhn:read", "svhn", 10, 32, ("train", "test"), ("brightness", "contrast"),
+                    "brightness", description="SVHN .mat (format 2)"),
+        DatasetInfo("gtsrb", f"{_R}.imagefolder:read", "gtsrb", 43, 32, ("train", "test"),
+                    ("brightness", "contrast"), "brightness", description="GTSRB PNG folders"),
+        DatasetInfo("cure-tsr", f"{_R}.cure_tsr:read", "cure-tsr", 14, 32, ("train", "test"), ("none",), "none",
+                    description="CURE-TSR (challenge type and level in the file names)"),
+        DatasetInfo("tiny-imagenet", f"{_R}.imagefolder:read", "tiny-imagenet", 200, 64, ("val",), ("none",),
+                    "none", description="Tiny-ImageNet JPEG folder"),
+        DatasetInfo("imagenette", f"{_R}.imagefolder:read_files", "imagenette", 10, 224, ("val",), ("none",),
+                    "none", in_memory=False, description="Imagenette JPEG folder (decoded by the loader)"),
+        DatasetInfo("imagenet", f"{_R}.imagefolder:read_files", "imagenet", 1000, 224, ("train", "val"),
+                    ("none",), "none", in_memory=False, description="ImageNet ImageFolder tree"),
+        DatasetInfo("folder", f"{_R}.imagefolder:read_files", "", 0, 224, ("train", "val"), ("none",), "none",
+                    in_memory=False, description="any ImageFolder tree (--data-dir points at it)"),
+    )
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in DATASETS:
+        raise FastmbrError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    return DATASETS[name]
+
+
+def data_root(data_dir: str | Path | None) -> Path | None:
+    """--data-dir, else $FASTMBR_DATA, else None."""
+    base = data_dir if data_dir is not None else os.environ.get("FASTMBR_DATA")
+    return Path(base).expanduser() if base else None
+
+
+def dataset_root(info: DatasetInfo, data_dir: str | Path | None) -> Path | None:
+    """Where the dataset lies: ``<root>/<folder>`` or the root itself; None for the embedded MNIST subset."""
+    base = data_root(data_dir)
+    if base is None:
+        if info.name == "mnist":
+            return None
+        raise FastmbrError(f"dataset {info.name!r}: no data folder; pass --data-dir or set FASTMBR_DATA")
+    if not base.is_dir():
+        raise FastmbrError(f"data folder {base} does not exist")
+    for candidate in (base / info.folder, base) if info.folder else (base,):
+        if candidate.is_dir() and any(candidate.iterdir()):
+            if candidate == base and info.folder and base.name != info.folder and (base / info.folder).exists():
+                continue
+            return candidate
+    raise FastmbrError(f"dataset {info.name!r} not found: {base / info.folder} is missing or empty")
+
+
+def _reader(info: DatasetInfo, root: Path | None):
+    if root is None:
+        from fastmbr.pipelines import embedded
+
+        return embedded.read
+    module, func = info.reader.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def load_split(name: str, split: str, data_dir: str | Path | None = None) -> LabeledImages | ImageFiles:
+    """One split of a dataset exactly as stored (uint8, native size) or as a file list."""
+    info = dataset_info(name)
+    root = dataset_root(info, data_dir)
+    data = _reader(info, root)(root, split)
+    if len(data) == 0:
+        raise FastmbrError(f"dataset {name!r}: split {split!r} under {root} holds no images")
+    return data
+
+
+def prepare(data: LabeledImages, size: int, channels: int = 3) -> LabeledImages:
+    """uint8 images → uint8 ``[N, channels, size, size]`` (grey repeated, bilinear antialiased resize)."""
+    images = data.images
+    if images.shape[1] == 1 and channels == 3:
+        images = images.expand(-1, 3, -1, -1)
+    if images.shape[-2:] != (size, size):
+        chunks = [
+            F.interpolate(c.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            .round().clamp(0, 255).to(torch.uint8)
+            for c in images.split(4096)
+        ]
+        images = torch.cat(chunks)
+    return LabeledImages(images.contiguous(), data.labels, data.classes, data.source)
+
+
+def deterministic_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (rest, carved) with ``round(n·fraction)`` carved, from a seeded permutation."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    cut = int(round(n * fraction))
+    return perm[cut:].sort().values, perm[:cut].sort().values
+
+
+@dataclass
+class Domains:
+    """Everything a run needs from the data: labelled A train/val, unlabelled pools, test domains."""
+
+    info: DatasetInfo
+    shift: ShiftSpec
+    train: LabeledImages | ImageFiles
+    val: LabeledImages | ImageFiles
+    test: dict[str, LabeledImages | ImageFiles]
+    unlabeled: dict[str, LabeledImages] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    def counts(self) -> dict:
+        return {
+            "train": {"A": len(self.train), **{k: len(v) for k, v in self.unlabeled.items() if k != "A"}},
+            "val": {"A": len(self.val)},
+            "test": {k: len(v) for k, v in self.test.items()},
+        }
+
+
+def _train_test(info: DatasetInfo, data_dir, seed: int, notes: list[str]):
+    if "train" in info.splits and "test" in info.splits:
+        return load_split(info.name, "train", data_dir), load_split(info.name, "test", data_dir)
+    if info.splits == ("train", "val"):
+        return load_split(info.name, "train", data_dir), load_split(info.name, "val", data_dir)
+    only = info.splits[0]
+    data = load_split(info.name, only, data_dir)
+    rest, carved = deterministic_split(len(data), 0.2, seed=0)
+    notes.append(f"{info.name} has only a {only} split here: 80% train / 20% test, fixed seed 0")
+    return data.subset(rest), data.subset(carved)
+
+
+def load_domains(
+    name: str,
+    shift: str | None = None,
+    data_dir: str | Path | None = None,
+    *,
+    image_size: int | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    limit: int | None = None,
+    thresholds: tuple | None = None,
+) -> Domains:
+    """Prepare a dataset under a shift: A's train (minus val) is labelled; B is only for testing and G."""
+    info = dataset_info(name)
+    spec = parse_shift(shift or info.default_shift)
+    if spec.kind not in info.shifts and spec.kind != "none":
+        raise FastmbrError(f"dataset {name!r} has no shift {spec.kind!r}; it has: {', '.join(info.shifts)}")
+    notes: list[str] = []
+    if dataset_root(info, data_dir) is None:
+        notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
+    train, test = _train_test(info, data_dir, seed, notes)
+    if limit is not None:
+        train = train.subset(torch.arange(min(limit, len(train))))
+    if not info.in_memory or isinstance(train, ImageFiles):
+        rest, carved = deterministic_split(len(train), val_fraction, seed)
+        return Domains(info, spec, train.subset(rest), train.subset(carved), {"A": test}, notes=notes)
+    size = image_size or info.image_size
+    train, test = prepare(train, size), prepare(test, size)
+    train_domains = split_domains(train, spec, name, seed=seed + 1, thresholds=thresholds)
+    test_domains = split_domains(test, spec, name, seed=seed + 2, thresholds=thresholds)
+    train_a = train_domains["A"]
+    if len(train_a) == 0:
+        raise FastmbrError(f"{name} {spec.label}: domain A of the training split is empty")
+    rest, carved = deterministic_split(len(train_a), val_fraction, seed)
+    unlabeled = dict(train_domains)
+    if spec.kind == "background-color":
+        pool_a, pool_b = deterministic_split(len(train), 0.5, seed + 3)
+        unlabeled = {"A": train_domains["A"].subset(pool_a), "B": train_domains["B"].subset(pool_b)}
+        notes.append("unlabelled G pools: A and B painted on disjoint halves of the training images")
+    return Domains(info, spec, train_a.subset(rest), train_a.subset(carved), test_domains, unlabeled, notes)

@@ -1,0 +1,29 @@
+"""What every loader backend takes, and the batch contract they all keep."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+AUGMENTS = ("none", "crop", "crop-flip", "rrc-flip")
+
+
+@dataclass
+class LoaderConfig:
+    """Loader settings. Every backend yields ``(x, y)``: x float32 ``[B, C, H, W]`` in [0, 1] on ``device``
+    (channels-last memory when asked), y int64 ``[B]`` on ``device``. The order of an epoch is a function of
+    ``(seed, epoch)`` alone, so ``set_epoch(epoch, start_batch)`` resumes exactly where a run stopped."""
+
+    batch_size: int = 64
+    shuffle: bool = True
+    drop_last: bool = False
+    augment: str = "none"  # none | crop (pad 4, random crop) | crop-flip | rrc-flip (random-resized-crop + flip)
+    image_size: int = 32
+    device: torch.device | str = "cpu"
+    seed: int = 0
+    num_shards: int = 1
+    shard_id: int = 0
+    num_workers: int = 2
+    channels_last: bool = False
+    backend: str = "auto"  # auto | dali | ffcv | tensor | torch

@@ -1,0 +1,87 @@
+"""airbench-style loader: the whole dataset is one uint8 tensor on the training device.
+
+Shuffling, crops and flips are batched tensor ops; there are no worker processes and no host round trips.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fastmbr.pipelines.loaders.config import LoaderConfig
+from fastmbr.pipelines.types import LabeledImages
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The sample order of one epoch: a permutation seeded by (seed, epoch), identical on every rank."""
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def shard_order(order: torch.Tensor, batch_size: int, num_shards: int, shard_id: int, drop_last: bool) -> torch.Tensor:
+    """This rank's part of the order: global batches of ``batch_size·num_shards`` split evenly across ranks."""
+    global_batch = batch_size * num_shards
+    n = (len(order) // global_batch) * global_batch if (drop_last or num_shards > 1) else len(order)
+    if num_shards == 1:
+        return order[:n]
+    return order[:n].view(-1, num_shards, batch_size)[:, shard_id].reshape(-1)
+
+
+def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Pad by ``pad`` (reflect) and crop back at a random offset per image, as one batched gather."""
+    b, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
+    rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
+    cols = (dx.view(b, 1) + torch.arange(w, device=x.device)).view(b, 1, 1, w)
+    bidx = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    cidx = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+    return padded[bidx, cidx, rows, cols]
+
+
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flip = (torch.rand(x.shape[0], generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
+
+
+class TensorLoader:
+    def __init__(self, data: LabeledImages, cfg: LoaderConfig):
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.images = data.images.to(self.device)
+        self.labels = data.labels.to(self.device)
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _order(self) -> torch.Tensor:
+        c = self.cfg
+        order = epoch_order(len(self.labels), c.seed, self.epoch, c.shuffle)
+        return shard_order(order, c.batch_size, c.num_shards, c.shard_id, c.drop_last)
+
+    def __len__(self) -> int:
+        n = len(self._order())
+        return -(-n // self.cfg.batch_size)
+
+    def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.cfg.augment in ("crop", "crop-flip"):
+            x = random_crop(x, pad=max(1, x.shape[-1] // 8), generator=generator)
+        if self.cfg.augment in ("crop-flip", "rrc-flip"):
+            x = random_flip(x, generator)
+        return x
+
+    def __iter__(self):
+        order = self._order().to(self.device)
+        bs = self.cfg.batch_size
+        generator = torch.Generator().manual_seed(self.cfg.seed * 7919 + self.epoch * 104_729 + self.cfg.shard_id)
+        for i in range(len(self)):
+            idx = order[i * bs : (i + 1) * bs]
+            x = self._augment(self.images[idx].float().div_(255.0), generator)
+            if i < self.start_batch:
+                continue
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx]
+        self.start_batch = 0

@@ -1,0 +1,138 @@
+"""Domains A and B of a shift, in the paper's notation "source (A→B)".
+
+A shift turns one split of a dataset into named domains. ``background-color`` paints MNIST-style digits onto
+blue (A) or red (B) backgrounds; ``brightness`` and ``contrast`` threshold real images by Table 10
+(brightness B(x) = mean pixel value 0-255, contrast C(x) = max - min) into low / medium / high bands, and a
+spec such as ``brightness:high-low`` picks which bands are A and B.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.types import LabeledImages
+
+# Table 10: (low, (medium_lo, medium_hi), high); a band is low < t_low, medium in (lo, hi), high > t_high.
+TABLE10 = {
+    "svhn": {"brightness": (60, (160, 170), 180), "contrast": (80, (90, 100), 190)},
+    "gtsrb": {"brightness": (40, (85, 125), 170), "contrast": (80, (140, 200), 230)},
+}
+BANDS = ("low", "medium", "high")
+# background-color domains: per-channel uniform ranges of the background colour (0-1)
+COLOUR_RANGES = {
+    "blue": ((0.0, 0.2), (0.0, 0.2), (0.6, 1.0)),
+    "red": ((0.6, 1.0), (0.0, 0.2), (0.0, 0.2)),
+    "green": ((0.0, 0.2), (0.6, 1.0), (0.0, 0.2)),
+}
+
+
+@dataclass(frozen=True)
+class ShiftSpec:
+    """A parsed ``--shift``: the kind, and the names of domain A and domain B."""
+
+    kind: str
+    a: str
+    b: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} ({self.a}→{self.b})"
+
+
+_DEFAULT_DOMAINS = {
+    "background-color": ("blue", "red"),
+    "brightness": ("low", "high"),
+    "contrast": ("low", "high"),
+    "none": ("all", "all"),
+}
+
+
+def shift_names() -> list[str]:
+    return sorted(_DEFAULT_DOMAINS)
+
+
+def parse_shift(text: str) -> ShiftSpec:
+    """``brightness`` → low→high; ``brightness:high-low`` → high→low; ``background-color:blue-green``."""
+    kind, _, domains = text.partition(":")
+    if kind not in _DEFAULT_DOMAINS:
+        raise FastmbrError(f"unknown shift {text!r}; known: {', '.join(shift_names())}")
+    a, b = _DEFAULT_DOMAINS[kind]
+    if domains:
+        parts = domains.split("-")
+        allowed = COLOUR_RANGES if kind == "background-color" else BANDS
+        if len(parts) != 2 or not all(p in allowed for p in parts):
+            raise FastmbrError(f"shift {text!r}: domains must be A-B with A, B in {', '.join(allowed)}")
+        a, b = parts
+    return ShiftSpec(kind, a, b)
+
+
+def brightness(images: torch.Tensor) -> torch.Tensor:
+    """B(x): mean pixel value (0-255) over all pixels and channels."""
+    return images.float().mean(dim=(1, 2, 3))
+
+
+def contrast(images: torch.Tensor) -> torch.Tensor:
+    """C(x): largest minus smallest pixel value (0-255)."""
+    flat = images.flatten(1)
+    return (flat.amax(1) - flat.amin(1)).float()
+
+
+def band_mask(values: torch.Tensor, thresholds: tuple, band: str) -> torch.Tensor:
+    low, (mid_lo, mid_hi), high = thresholds
+    if band == "low":
+        return values < low
+    if band == "medium":
+        return (values > mid_lo) & (values < mid_hi)
+    return values > high
+
+
+def thresholds_for(dataset: str, kind: str, override: tuple | None = None) -> tuple:
+    if override is not None:
+        return override
+    return TABLE10.get(dataset, TABLE10["gtsrb"])[kind]
+
+
+def colourise(gray: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """uint8 grey digits ``[N, 1, H, W]`` → uint8 RGB with background colour ``[N, 3]`` (0-1): g + (1-g)·c."""
+    g = gray.float() / 255.0
+    rgb = g + (1.0 - g) * colours.view(-1, 3, 1, 1)
+    return (rgb * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
+def draw_colours(n: int, name: str, generator: torch.Generator) -> torch.Tensor:
+    ranges = torch.tensor(COLOUR_RANGES[name])
+    u = torch.rand(n, 3, generator=generator)
+    return ranges[:, 0] + (ranges[:, 1] - ranges[:, 0]) * u
+
+
+def to_gray(images: torch.Tensor) -> torch.Tensor:
+    if images.shape[1] == 1:
+        return images
+    w = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * w).sum(1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+
+
+def split_domains(
+    data: LabeledImages, spec: ShiftSpec, dataset: str, seed: int, thresholds: tuple | None = None
+) -> dict[str, LabeledImages]:
+    """One split → ``{"A": ..., "B": ...}`` under the shift ``spec``."""
+    if spec.kind == "none":
+        return {"A": data}
+    if spec.kind == "background-color":
+        gen = torch.Generator().manual_seed(seed)
+        gray = to_gray(data.images)
+        out = {}
+        for role, name in (("A", spec.a), ("B", spec.b)):
+            painted = colourise(gray, draw_colours(len(data), name, gen))
+            out[role] = LabeledImages(painted, data.labels, data.classes, f"{data.source} [{name} background]")
+        return out
+    measure = brightness if spec.kind == "brightness" else contrast
+    values = measure(data.images)
+    limits = thresholds_for(dataset, spec.kind, thresholds)
+    return {
+        role: data.subset(torch.nonzero(band_mask(values, limits, band)).flatten())
+        for role, band in (("A", spec.a), ("B", spec.b))
+    }
