@@ -31,11 +31,14 @@ def _triton_imports() -> bool:
 def _use_triton(tensor: torch.Tensor) -> bool:
     """True when the Triton kernel can and should run on ``tensor``.
 
+    The kernels have no backward, so a tensor that would record a graph keeps the reference.
     Cheap checks come first, so a plain CPU run never imports Triton.
     """
     choice = os.environ.get("FASTMBR_KERNELS", "auto") or "auto"
     require(choice in KERNEL_CHOICES, f"FASTMBR_KERNELS={choice!r} is not one of {', '.join(KERNEL_CHOICES)}")
     if choice == "reference" or tensor.dtype not in TRITON_DTYPES:
+        return False
+    if tensor.requires_grad and torch.is_grad_enabled():
         return False
     if not (tensor.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
         return False

@@ -24,17 +24,29 @@ def pga_step_reference(
     ``low``/``high`` broadcast against δ's last dimension (per-coordinate box) or are scalars.
     """
     step = grad.sign() if signed else grad
-    delta.add_(step.to(delta.dtype), alpha=alpha)
+    delta.add_(step.to(delta.dtype), alpha=step_size_in(alpha, delta.dtype))
     return torch.maximum(torch.minimum(delta, high.to(delta.dtype)), low.to(delta.dtype), out=delta)
 
 
-def _flat_bound(bound, delta: torch.Tensor, name: str) -> torch.Tensor:
-    """A box bound as a contiguous fp32 vector the kernel indexes by ``element % len``.
+def step_size_in(alpha, dtype: torch.dtype) -> float:
+    """α rounded to δ's dtype, as a Python float.
 
-    Scalars and ``[q]`` vectors (the usual per-coordinate box) stay short; any other shape that broadcasts
-    to δ is materialised at δ's full size, so the kernel matches the reference's broadcasting in every case.
+    CPU ``add_`` rounds ``alpha`` to a bf16/fp16 tensor's dtype while CUDA keeps it in fp32; rounding it up front
+    makes the step the same on every device and in the Triton kernel (a no-op for fp32 δ).
     """
-    bound = torch.as_tensor(bound, dtype=torch.float32, device=delta.device)
+    if dtype in (torch.bfloat16, torch.float16):
+        return float(torch.tensor(float(alpha), dtype=dtype))
+    return float(alpha)
+
+
+def _flat_bound(bound, delta: torch.Tensor, name: str) -> torch.Tensor:
+    """A box bound as the contiguous fp32 vector the kernel indexes by ``element % len``.
+
+    The bound is first rounded to δ's dtype, as the reference does, so a clamped element is exactly the bound.
+    Scalars and ``[q]`` vectors (the usual per-coordinate box) stay short; any other shape that broadcasts to δ
+    is materialised at δ's full size, so the kernel matches the reference's broadcasting in every case.
+    """
+    bound = torch.as_tensor(bound, device=delta.device).to(delta.dtype).float()
     q = delta.shape[-1] if delta.dim() else 1
     if bound.dim() == 0:
         return bound.expand(q).contiguous()
@@ -55,12 +67,13 @@ def _pga_kernel():
     import triton.language as tl
 
     @triton.jit
-    def pga_kernel(delta_ptr, grad_ptr, low_ptr, high_ptr, alpha, n, q, SIGNED: tl.constexpr, BLOCK: tl.constexpr):
-        """Elementwise step and clamp; bound index is ``element % q`` (q = bound length).
+    def pga_kernel(
+        delta_ptr, grad_ptr, low_ptr, high_ptr, alpha, n, low_len, high_len, SIGNED: tl.constexpr, BLOCK: tl.constexpr
+    ):
+        """Elementwise step and clamp; a bound of length L is read at ``element % L``.
 
-        Like the reference: the sign is taken before any rounding, a plain gradient is rounded to δ's dtype,
-        and the sum is rounded once (add_ computes in fp32 for half types).
-        sign keeps NaN (torch.sign does), so a NaN gradient poisons δ the same way in both paths.
+        Like the reference: the sign is taken before any rounding and the sum is rounded to δ's dtype once
+        (``add_`` computes in fp32 for half types). sign keeps NaN, as torch.sign does.
         """
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
@@ -68,11 +81,8 @@ def _pga_kernel():
         g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
         if SIGNED:
             g = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g))
-        else:
-            g = g.to(delta_ptr.dtype.element_ty).to(tl.float32)
-        columns = offsets % q
-        low = tl.load(low_ptr + columns, mask=mask)
-        high = tl.load(high_ptr + columns, mask=mask)
+        low = tl.load(low_ptr + offsets % low_len, mask=mask)
+        high = tl.load(high_ptr + offsets % high_len, mask=mask)
         d = tl.maximum(tl.minimum(d + alpha * g, high), low)
         tl.store(delta_ptr + offsets, d.to(delta_ptr.dtype.element_ty), mask=mask)
 
@@ -86,14 +96,15 @@ def pga_step_triton(
     import triton
 
     low_flat, high_flat = _flat_bound(low, delta, "low"), _flat_bound(high, delta, "high")
-    grad = grad.expand_as(delta).contiguous()
+    grad = grad.expand_as(delta) if signed else grad.to(delta.dtype).expand_as(delta)
+    grad = grad.contiguous()
     work = delta if delta.is_contiguous() else delta.contiguous()
     n = work.numel()
     if n:
+        alpha_d = step_size_in(alpha, delta.dtype)
         grid = (triton.cdiv(n, PGA_BLOCK),)
-        _pga_kernel()[grid](
-            work, grad, low_flat, high_flat, float(alpha), n, low_flat.numel(), SIGNED=bool(signed), BLOCK=PGA_BLOCK
-        )
+        lengths = low_flat.numel(), high_flat.numel()
+        _pga_kernel()[grid](work, grad, low_flat, high_flat, alpha_d, n, *lengths, SIGNED=bool(signed), BLOCK=PGA_BLOCK)
     if work is not delta:
         delta.copy_(work)
     return delta

@@ -38,10 +38,10 @@ def check_worst_of_k_inputs(logits: torch.Tensor, y: torch.Tensor) -> tuple[int,
 def worst_of_k_reference(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits ``[k, B, C]``, labels ``[B]`` → (fp32 loss ``[k, B]``, index ``[B]`` of the largest loss over k).
 
-    Ties go to the smallest k index (torch.argmax's rule).
+    Ties go to the smallest k index (torch.argmax's rule). Labels may be any integer dtype.
     """
     k, b, c = check_worst_of_k_inputs(logits, y)
-    loss = F.cross_entropy(logits.float().reshape(k * b, c), y.repeat(k), reduction="none").reshape(k, b)
+    loss = F.cross_entropy(logits.float().reshape(k * b, c), y.long().repeat(k), reduction="none").reshape(k, b)
     return loss, loss.argmax(dim=0)
 
 
@@ -89,7 +89,10 @@ def _worst_of_k_kernel():
 def worst_of_k_triton(
     logits: torch.Tensor, y: torch.Tensor, *, block_c: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as ``worst_of_k_reference``, fused into one kernel launch (fp32/bf16/fp16 logits, fp32 math).
+    """Same values as ``worst_of_k_reference``, fused into one kernel launch (fp32/bf16/fp16 logits, fp32 math).
+
+    The loss carries no autograd graph: MRT only selects with it, under no_grad (the dispatch keeps the
+    reference for logits that need gradients).
 
     ``block_c`` (a power of two) overrides the class block width, so tests can force the multi-block streaming path.
     """

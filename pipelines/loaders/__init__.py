@@ -1,23 +1,85 @@
-"""Loaders: one module per backend behind ``build_loader(data, cfg)``."""
+"""Loaders: one module per backend behind ``build_loader(data, cfg)``.
+
+Every backend keeps the LoaderConfig contract (float32 ``[B, C, H, W]`` in [0, 1] on ``cfg.device``, int64
+labels, an order that is a function of ``(seed, epoch)``, sharding by ``num_shards``/``shard_id``, exact resume
+via ``set_epoch(epoch, start_batch)``). ``auto`` picks tensor for in-memory data, DALI for image files on
+CUDA when it imports, and torch otherwise.
+
+The backend module ``torch.py`` becomes this package's attribute ``torch`` once imported, so this file never
+binds the name ``torch`` itself.
+"""
 
 from __future__ import annotations
 
+from torch import cuda
+from torch import device as torch_device
+
 from fastmbr.errors import FastmbrError
-from fastmbr.pipelines.loaders.config import LoaderConfig
+from fastmbr.pipelines.loaders.config import AUGMENTS, LoaderConfig
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
 BACKENDS = ("auto", "tensor", "torch", "dali", "ffcv")
 
 
-def build_loader(data: LabeledImages | ImageFiles, cfg: LoaderConfig):
-    """The loader for ``data`` under ``cfg.backend`` (``auto``: tensor for in-memory sets)."""
+def check_device(device) -> torch_device:
+    try:
+        device = torch_device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise FastmbrError(f"unknown device {device!r} ({exc})") from None
+    if device.type == "cuda" and not cuda.is_available():
+        raise FastmbrError(f"device {str(device)!r} asked for, but this machine has no CUDA device")
+    if device.type == "cuda" and (device.index or 0) >= cuda.device_count():
+        raise FastmbrError(f"device {str(device)!r}: only {cuda.device_count()} CUDA device(s) here")
+    return device
+
+
+def check_config(cfg: LoaderConfig) -> None:
     if cfg.backend not in BACKENDS:
         raise FastmbrError(f"unknown loader {cfg.backend!r}; known: {', '.join(BACKENDS)}")
-    if isinstance(data, LabeledImages) and cfg.backend in ("auto", "tensor"):
+    if cfg.augment not in AUGMENTS:
+        raise FastmbrError(f"unknown augment {cfg.augment!r}; known: {', '.join(AUGMENTS)}")
+    if cfg.batch_size < 1:
+        raise FastmbrError(f"batch size must be at least 1, not {cfg.batch_size}")
+    if not 0 <= cfg.shard_id < cfg.num_shards:
+        raise FastmbrError(f"shard id {cfg.shard_id} outside 0..{cfg.num_shards - 1}")
+    check_device(cfg.device)
+
+
+def resolve_backend(data: LabeledImages | ImageFiles, cfg: LoaderConfig) -> str:
+    """The backend ``auto`` stands for, given the data and the device."""
+    if cfg.backend != "auto":
+        return cfg.backend
+    if isinstance(data, LabeledImages):
+        return "tensor"
+    if torch_device(cfg.device).type == "cuda":
+        from fastmbr.pipelines.loaders.dali import dali_available
+
+        if dali_available():
+            return "dali"
+    return "torch"
+
+
+def build_loader(data: LabeledImages | ImageFiles, cfg: LoaderConfig):
+    """The loader for ``data`` under ``cfg.backend``."""
+    check_config(cfg)
+    backend = resolve_backend(data, cfg)
+    if backend == "tensor":
+        if not isinstance(data, LabeledImages):
+            raise FastmbrError("loader 'tensor' needs in-memory images; use --loader torch or dali for image files")
         from fastmbr.pipelines.loaders.tensor import TensorLoader
 
         return TensorLoader(data, cfg)
-    raise FastmbrError(f"loader {cfg.backend!r} is not available for {type(data).__name__}")
+    if backend == "torch":
+        from fastmbr.pipelines.loaders.torch import TorchLoader
+
+        return TorchLoader(data, cfg)
+    if backend == "dali":
+        from fastmbr.pipelines.loaders.dali import DaliLoader
+
+        return DaliLoader(data, cfg)
+    from fastmbr.pipelines.loaders.ffcv import FfcvLoader
+
+    return FfcvLoader(data, cfg)
 
 
-__all__ = ["LoaderConfig", "build_loader", "BACKENDS"]
+__all__ = ["LoaderConfig", "build_loader", "BACKENDS", "resolve_backend"]

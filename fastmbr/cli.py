@@ -1,0 +1,202 @@
+"""The fastmbr command line. Flags map onto the typed config; FastmbrError becomes one ``error:`` line, exit 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fastmbr.errors import FastmbrError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Model-based robust deep learning (MRT, MAT, MDA) with known and learned models of variation.")
+datasets_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, help="List datasets, shifts and domains.")
+app.add_typer(datasets_app, name="datasets")
+console = Console()
+
+
+def _mount_optional_commands() -> None:
+    """Commands whose modules are optional extras (learned models, bench) are mounted when they import."""
+    try:
+        from fastmbr.cli_model import model_app
+    except ImportError:
+        return
+    app.add_typer(model_app, name="model", help="Learn, sample, score learned models of variation (MUNIT).")
+
+
+@app.command()
+def train(
+    dataset: str = typer.Argument(..., help="dataset name (fastmbr datasets)"),
+    shift: Optional[str] = typer.Option(None, help="shift, e.g. background-color, brightness, brightness:high-low"),
+    algo: str = typer.Option("erm", "--algo", help="erm | pgd | mrt | mat | mda | augmix"),
+    k: Optional[int] = typer.Option(None, "-k", "--k", help="draws (MRT, MDA) or ascent steps (MAT, PGD)"),
+    lam: Optional[float] = typer.Option(None, "--lambda", help="weight λ of the clean loss"),
+    alpha: Optional[float] = typer.Option(None, help="ascent step size (MAT, PGD)"),
+    model: list[str] = typer.Option([], "--model", help="known:NAME or a G folder; repeat to compose G1(G2(x))"),
+    arch: Optional[str] = typer.Option(None, help="cnn | resnet18 | resnet34 | resnet50"),
+    epochs: Optional[int] = typer.Option(None, help="epochs (preset: the paper's)"),
+    warmup_epochs: Optional[int] = typer.Option(None, help="ERM epochs before the robust algorithm"),
+    batch_size: Optional[int] = typer.Option(None, help="global batch size"),
+    lr: Optional[float] = typer.Option(None, help="learning rate"),
+    optimizer: Optional[str] = typer.Option(None, help="adadelta | sgd | adam"),
+    image_size: Optional[int] = typer.Option(None, help="resize images to this size"),
+    augment: Optional[str] = typer.Option(None, help="none | crop | crop-flip | rrc-flip"),
+    loader: str = typer.Option("auto", help="auto | tensor | torch | dali | ffcv"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    data_dir: Optional[str] = typer.Option(None, help="data root (default $FASTMBR_DATA)"),
+    limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
+    seed: int = typer.Option(0),
+    out: Optional[str] = typer.Option(None, help="run folder (default runs/<dataset>-<algo>-<time>)"),
+    resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on CUDA)"),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA)"),
+    checkpoint_every: int = typer.Option(0, help="also checkpoint every N steps inside an epoch"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
+    """Train a classifier with one algorithm on domain A and test it on the shifted domains."""
+    from fastmbr.config import preset_config
+    from fastmbr.engine.trainer import train as run_train
+
+    cfg = preset_config(dataset, algo, shift)
+    overrides = {
+        "k": k, "lam": lam, "alpha": alpha,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg.algo, key, value)
+    if model:
+        cfg.algo.models = list(model)
+    for key, value in {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "optimizer": optimizer}.items():
+        if value is not None:
+            setattr(cfg.optim, key, value)
+    for key, value in {"batch_size": batch_size, "image_size": image_size, "augment": augment,
+                       "data_dir": data_dir, "limit": limit}.items():
+        if value is not None:
+            setattr(cfg.data, key, value)
+    cfg.data.loader = loader
+    cfg.arch = arch or cfg.arch
+    cfg.device, cfg.seed, cfg.out = device, seed, out
+    cfg.compile, cfg.amp, cfg.checkpoint_every = compile, amp, checkpoint_every
+    metrics, run_dir = run_train(cfg, resume=resume, progress=progress)
+    print_metrics_table([metrics])
+    console.print(f"run folder: {run_dir}")
+
+
+@app.command("eval")
+def eval_command(
+    run_dir: Path = typer.Argument(..., help="a run folder written by fastmbr train"),
+    dataset: Optional[str] = typer.Option(None, help="evaluate on another dataset (transfer)"),
+    shift: Optional[str] = typer.Option(None),
+    data_dir: Optional[str] = typer.Option(None),
+    device: str = typer.Option("auto"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Top-1/top-5 of a trained classifier on a dataset's test domains."""
+    from fastmbr.engine.trainer import evaluate_run
+
+    result = evaluate_run(run_dir, dataset, shift, data_dir, device)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table("domain", "top-1", "top-5", "n")
+    for name, r in result.items():
+        table.add_row(name, f"{r['top1']:.2f}", f"{r['top5']:.2f}", str(r["n"]))
+    console.print(table)
+
+
+@app.command("run")
+def main_job(
+    data_dir: Optional[str] = typer.Option(None, help="use the full MNIST here instead of the embedded subset"),
+    epochs: int = typer.Option(3),
+    out: str = typer.Option("runs/main", help="parent folder of the two runs"),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+):
+    """The main job: ERM vs MRT-10 with the known background-colour model, MNIST blue → red."""
+    from fastmbr.engine.main_job import run_main_job
+
+    rows = run_main_job(data_dir=data_dir, epochs=epochs, out=Path(out), device=device, seed=seed, console=console)
+    print_metrics_table(rows)
+
+
+@datasets_app.callback()
+def datasets_list(ctx: typer.Context, data_dir: Optional[str] = typer.Option(None)):
+    """List datasets, their shifts and where each was found."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from fastmbr.pipelines.datasets import DATASETS, dataset_root
+
+    table = Table("dataset", "classes", "size", "splits", "shifts", "found at")
+    for name, info in sorted(DATASETS.items()):
+        try:
+            root = dataset_root(info, data_dir)
+            where = str(root) if root is not None else "embedded subset"
+        except FastmbrError:
+            where = "-"
+        table.add_row(name, str(info.num_classes or "-"), str(info.image_size), "/".join(info.splits),
+                      ", ".join(info.shifts), where)
+    console.print(table)
+
+
+@datasets_app.command("show")
+def datasets_show(
+    dataset: str,
+    shift: Optional[str] = typer.Option(None),
+    data_dir: Optional[str] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Number of images per split and domain."""
+    from fastmbr.pipelines.datasets import load_domains
+
+    domains = load_domains(dataset, shift, data_dir)
+    counts = domains.counts()
+    if as_json:
+        print(json.dumps(counts))
+        return
+    console.print(f"{dataset} — {domains.shift.label}")
+    for note in domains.notes:
+        console.print(f"note: {note}")
+    console.print_json(json.dumps(counts))
+
+
+def print_metrics_table(rows: list[dict]) -> None:
+    domains = sorted({d for r in rows for d in r["test"]})
+    table = Table("algorithm", *[f"{d} test top-1" for d in domains], "val A top-1", "images/s",
+                  title=f"{rows[0]['dataset']} — {rows[0]['shift']}")
+    for r in rows:
+        table.add_row(r["algorithm"], *[f"{r['test'][d]['top1']:.2f}" if d in r["test"] else "-" for d in domains],
+                      f"{r['val'].get('top1', float('nan')):.2f}", f"{r['images_per_s']:,.0f}")
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every FastmbrError is one line on stderr and exit status 2."""
+    _mount_optional_commands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except FastmbrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors come through here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

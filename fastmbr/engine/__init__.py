@@ -1,0 +1,1 @@
+"""The engine wires data, models of variation, algorithms and classifiers into runs."""

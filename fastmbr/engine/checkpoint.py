@@ -1,0 +1,84 @@
+"""Atomic checkpoints and exact resume.
+
+A checkpoint is written to a temp file in the run folder, fsync'ed, then renamed over its final name, so a
+crash while writing leaves the previous checkpoint intact. It holds everything an exact resume needs: model,
+optimizer, scheduler, every RNG state, and the position (epoch, batch) the run will continue from.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastmbr.errors import FastmbrError
+
+PREFIX = "ckpt-"
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(file_object)`` into ``path`` atomically (temp + fsync + rename + directory fsync)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_name(epoch: int, batch: int) -> str:
+    return f"{PREFIX}{epoch:04d}-{batch:06d}.pt"
+
+
+def save_checkpoint(run_dir: Path, state: dict, keep: int) -> Path:
+    path = run_dir / checkpoint_name(state["epoch"], state["batch"])
+    atomic_write(path, lambda f: torch.save(state, f))
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob(f"{PREFIX}*.pt"))
+
+
+def load_latest(run_dir: Path) -> dict | None:
+    """The newest checkpoint that loads; an unreadable newest one falls back to the one before."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - a torn or corrupt file: try the previous checkpoint
+            continue
+    return None
+
+
+def load_weights(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise FastmbrError(f"{path}: no such checkpoint") from None
+    except Exception as exc:  # noqa: BLE001
+        raise FastmbrError(f"{path}: cannot load checkpoint ({type(exc).__name__})") from None

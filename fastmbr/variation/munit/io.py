@@ -1,0 +1,130 @@
+"""A trained G on disk: ``G_DIR/G.safetensors`` (A→B inference weights) + ``G_DIR/G.json`` (everything else).
+
+G.json records the architecture, size preset, q, prior, Δ, image size and channels, what G was trained on, the
+iterations, and the sha256 of G.safetensors; loading refuses a file whose checksum differs. The full trainer
+state (both domains, critics, optimisers) is a separate atomic checkpoint used only by ``--resume``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fastmbr.errors import FastmbrError
+from fastmbr.variation.munit.networks import MunitArch
+from fastmbr.variation.munit.variation import MunitVariation, inference_modules
+
+WEIGHTS, META, CHECKPOINT = "G.safetensors", "G.json", "checkpoint.pt"
+FORMAT = "fastmbr-munit-1"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(tmp_path)`` then fsync and ``os.replace``: a reader never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_variation(g: MunitVariation, g_dir: str | Path, size: str, training: dict | None = None) -> Path:
+    """Write G.safetensors then G.json (with the weights' sha256) into g_dir; returns g_dir."""
+    g_dir = Path(g_dir)
+    tensors = {
+        f"{prefix}.{name}": t.detach().to("cpu", torch.float32).contiguous()
+        for prefix, module in inference_modules(g).items()
+        for name, t in module.state_dict().items()
+    }
+    atomic_write(g_dir / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    meta = {
+        "format": FORMAT,
+        "architecture": "munit",
+        "direction": "A->B",
+        "size": size,
+        "arch": g.arch.to_dict(),
+        "delta_dim": g.delta_dim,
+        "prior": g.prior,
+        "delta_box": [-g.bound, g.bound],
+        "image_size": g.image_size,
+        "channels": g.arch.channels,
+        "training": training or {},
+        "sha256": sha256_file(g_dir / WEIGHTS),
+    }
+    atomic_write(g_dir / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    return g_dir
+
+
+def read_meta(g_dir: str | Path) -> dict:
+    path = Path(g_dir) / META
+    if not path.is_file():
+        raise FastmbrError(f"{path} is missing: {g_dir} is not a trained G directory")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise FastmbrError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if meta.get("format") != FORMAT:
+        raise FastmbrError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    return meta
+
+
+def load_variation(g_dir: str | Path, device: str | torch.device = "cpu", decode_chunk: int | None = None,
+                   frozen: bool = True) -> MunitVariation:
+    """G_DIR → MunitVariation, after checking G.safetensors against the sha256 in G.json; frozen by default."""
+    g_dir = Path(g_dir)
+    meta = read_meta(g_dir)
+    weights = g_dir / WEIGHTS
+    if not weights.is_file():
+        raise FastmbrError(f"{weights} is missing")
+    actual = sha256_file(weights)
+    if actual != meta.get("sha256"):
+        raise FastmbrError(f"{weights}: sha256 {actual[:12]}… does not match {meta.get('sha256', '')[:12]}… "
+                           f"recorded in {META}; the file is corrupt or was replaced")
+    low, high = meta["delta_box"]
+    if low != -high:
+        raise FastmbrError(f"{g_dir / META}: delta_box {meta['delta_box']} must be symmetric [-b, b]")
+    g = MunitVariation(MunitArch(**meta["arch"]), meta["image_size"], meta["prior"], high, decode_chunk)
+    state = load_file(str(weights))
+    for prefix, module in inference_modules(g).items():
+        part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        try:
+            module.load_state_dict(part)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise FastmbrError(f"{weights}: weights do not fit the architecture in {META} ({first})") from None
+    g = g.to(device)
+    return g.freeze() if frozen else g
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    atomic_write(Path(path), lambda p: torch.save(state, p))
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FastmbrError(f"--resume: no checkpoint at {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise FastmbrError(f"{path}: cannot read the checkpoint ({type(exc).__name__})") from None

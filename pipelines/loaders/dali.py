@@ -1,0 +1,143 @@
+"""NVIDIA DALI over an image-file list: read, decode (``mixed`` = nvJPEG on CUDA, ``cpu`` elsewhere), crop, flip.
+
+The sample order is not DALI's: each epoch we hand ``fn.readers.file`` this shard's files already in the order
+every backend uses (``epoch_order`` then ``shard_order``), so switching backends or the number of ranks keeps the
+order a function of ``(seed, epoch)``. DALI's random ops draw from the pipeline's seeded stream, so an
+augmenting epoch resumed at batch ``s`` runs batches ``0..s-1`` through the pipeline and drops them (exact, but
+costs their decode); without augmentation the epoch simply starts at file ``s·batch_size``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.loaders.config import LoaderConfig
+from fastmbr.pipelines.loaders.tensor import epoch_order, shard_order
+from fastmbr.pipelines.types import ImageFiles
+
+AUGMENTS = ("none", "rrc-flip")
+EVAL_RESIZE = 256 / 224
+PREFETCH = 2
+
+
+def import_dali():
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as exc:
+        raise FastmbrError(f"loader 'dali' needs nvidia-dali (pip install nvidia-dali-cuda130): {exc}") from None
+    from nvidia.dali import fn, types
+    from nvidia.dali.pipeline import Pipeline
+
+    return Pipeline, fn, types
+
+
+def dali_available() -> bool:
+    try:
+        import_dali()
+    except FastmbrError:
+        return False
+    return True
+
+
+def build_pipeline(files: list[str], labels: list[int], cfg: LoaderConfig, seed: int):
+    """One epoch's pipeline: files (in order) → float32 CHW images in [0, 1] and int32 labels."""
+    Pipeline, fn, types = import_dali()
+    device = torch.device(cfg.device)
+    on_gpu = device.type == "cuda"
+    pipe = Pipeline(
+        batch_size=cfg.batch_size, num_threads=max(1, cfg.num_workers), seed=seed,
+        device_id=(device.index or 0) if on_gpu else None, prefetch_queue_depth=PREFETCH,
+    )
+    size = cfg.image_size
+    with pipe:
+        encoded, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, pad_last_batch=True,
+                                         name="Reader")
+        images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
+        if cfg.augment == "rrc-flip":
+            images = fn.random_resized_crop(images, size=(size, size))
+            mirror = fn.random.coin_flip(probability=0.5)
+        else:
+            images = fn.resize(images, resize_shorter=int(size * EVAL_RESIZE))
+            mirror = 0
+        images = fn.crop_mirror_normalize(images, crop=(size, size), mirror=mirror, dtype=types.FLOAT,
+                                          output_layout="CHW", mean=[0.0], std=[255.0])
+        pipe.set_outputs(images, label)
+    pipe.build()
+    return pipe
+
+
+def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    """A DALI batch (CPU or GPU) → a torch tensor on ``device``."""
+    dense = tensor_list.as_tensor()
+    if device.type != "cuda":
+        return torch.from_numpy(np.array(dense))
+    from nvidia.dali.plugin.pytorch import feed_ndarray
+
+    out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+    feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
+    return out
+
+
+def find_culprit(paths: list[str]) -> str:
+    """The first of ``paths`` Pillow cannot decode (DALI's decoder errors do not name the file)."""
+    from fastmbr.pipelines.readers.imagefolder import decode_rgb
+
+    for path in paths:
+        try:
+            decode_rgb(path)
+        except FastmbrError as exc:
+            return str(exc)
+    return f"DALI could not decode one of {paths[0]} … {paths[-1]}"
+
+
+class DaliLoader:
+    def __init__(self, data: ImageFiles, cfg: LoaderConfig):
+        import_dali()
+        if not isinstance(data, ImageFiles):
+            raise FastmbrError("loader 'dali' reads image files; use --loader tensor or torch for in-memory datasets")
+        if cfg.augment not in AUGMENTS:
+            raise FastmbrError(f"loader 'dali' supports augment {'/'.join(AUGMENTS)}, not {cfg.augment!r}")
+        self.data, self.cfg = data, cfg
+        self.device = torch.device(cfg.device)
+        self.paths = [str(p) for p in data.paths]
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _order(self) -> torch.Tensor:
+        c = self.cfg
+        order = epoch_order(len(self.paths), c.seed, self.epoch, c.shuffle)
+        return shard_order(order, c.batch_size, c.num_shards, c.shard_id, c.drop_last)
+
+    def __len__(self) -> int:
+        return -(-len(self._order()) // self.cfg.batch_size)
+
+    def _seed(self) -> int:
+        return (self.cfg.seed * 1_000_003 + self.epoch * 7919 + self.cfg.shard_id) % (2**31 - 1)
+
+    def __iter__(self):
+        bs = self.cfg.batch_size
+        order = self._order().tolist()
+        skip = self.start_batch if self.cfg.augment == "rrc-flip" else 0
+        order = order[(self.start_batch - skip) * bs :]
+        self.start_batch = 0
+        if not order:
+            return
+        files = [self.paths[i] for i in order]
+        pipe = build_pipeline(files, self.data.labels[order].tolist(), self.cfg, self._seed())
+        for i in range(-(-len(files) // bs)):
+            try:
+                images, labels = pipe.run()
+            except RuntimeError:
+                raise FastmbrError(find_culprit(files[i * bs : (i + PREFETCH + 1) * bs])) from None
+            if i < skip:
+                continue
+            count = min(bs, len(files) - i * bs)
+            x = to_torch(images, self.device)[:count]
+            y = torch.from_numpy(np.array(labels.as_tensor())).view(-1)[:count].to(torch.int64)
+            if self.cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device)

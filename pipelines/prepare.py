@@ -1,0 +1,101 @@
+"""Prepared copies of datasets: FFCV ``.beton`` files, cached by content under ``$XDG_CACHE_HOME/fastmbr``.
+
+In-memory images are stored exactly (an ``NDArrayField`` of uint8 ``[C, H, W]``, any channel count); image
+files are stored as raw RGB (``RGBImageField``) so FFCV's crop decoders can work on them. Files are written to
+a temporary name and renamed, so an interrupted write never leaves a half ``.beton`` under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.types import ImageFiles, LabeledImages
+
+
+def import_ffcv():
+    try:
+        import ffcv  # noqa: F401
+    except ImportError as exc:
+        raise FastmbrError(
+            "loader 'ffcv' needs the ffcv package: apt-get install libturbojpeg0-dev libopencv-dev pkg-config, "
+            f"then pip install ffcv==1.0.2 ({exc})"
+        ) from None
+    import ffcv.fields
+    import ffcv.writer
+
+    return ffcv
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastmbr"
+
+
+def content_key(data: LabeledImages | ImageFiles) -> str:
+    """A hash of what a .beton would hold: pixels and labels, or file paths with their size and mtime."""
+    digest = hashlib.sha256(data.labels.numpy().tobytes())
+    if isinstance(data, LabeledImages):
+        digest.update(str(tuple(data.images.shape)).encode())
+        digest.update(data.images.contiguous().numpy().tobytes())
+    else:
+        for path in data.paths:
+            stat = Path(path).stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+class _InMemory:
+    def __init__(self, data: LabeledImages):
+        self.images, self.labels = data.images.numpy(), data.labels.numpy()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], int(self.labels[i])
+
+
+class _Files:
+    def __init__(self, data: ImageFiles):
+        self.paths, self.labels = data.paths, data.labels.numpy()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        from fastmbr.pipelines.readers.imagefolder import decode_rgb
+
+        return decode_rgb(self.paths[i]), int(self.labels[i])
+
+
+def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int = 2) -> Path:
+    """Write ``data`` to an FFCV ``.beton`` at ``path`` (atomically)."""
+    ffcv = import_ffcv()
+    if isinstance(data, LabeledImages):
+        image_field = ffcv.fields.NDArrayField(np.dtype("uint8"), tuple(data.images.shape[1:]))
+        source = _InMemory(data)
+    else:
+        image_field = ffcv.fields.RGBImageField(write_mode="raw")
+        source = _Files(data)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fields = {"image": image_field, "label": ffcv.fields.IntField()}
+    try:
+        ffcv.writer.DatasetWriter(str(temp), fields, num_workers=num_workers).from_indexed_dataset(source)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    return path
+
+
+def beton_for(data: LabeledImages | ImageFiles, num_workers: int = 2) -> Path:
+    """The cached .beton of ``data``, written on first use."""
+    kind = "memory" if isinstance(data, LabeledImages) else "files"
+    path = cache_dir() / "beton" / f"{kind}-{content_key(data)}.beton"
+    return path if path.is_file() else write_beton(data, path, num_workers)

@@ -1,0 +1,92 @@
+"""CURE-TSR: traffic-sign crops whose file names carry the label and the challenge.
+
+Names follow ``<sequenceType>_<signType>_<challengeType>_<challengeLevel>_<index>.bmp``, e.g.
+``01_04_00_00_0001.bmp`` (real sequence, sign 4, no challenge). Images lie anywhere below ``<root>/Real_Train`` or
+``<root>/Real_Test`` (the release nests them in per-challenge folders; ``train/`` and ``test/`` are accepted too).
+Crops vary in size, so they are resized to ``size``×``size`` on read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.readers.imagefolder import decode_all
+from fastmbr.pipelines.types import LabeledImages
+
+SIGN_TYPES = (
+    "speed_limit", "goods_vehicles", "no_overtaking", "no_stopping", "no_parking", "stop", "bicycle",
+    "hump", "no_left", "no_right", "priority_to", "no_entry", "yield", "parking",
+)
+CHALLENGE_TYPES = (
+    "none", "decolorization", "lens_blur", "codec_error", "darkening", "dirty_lens", "exposure",
+    "gaussian_blur", "noise", "rain", "shadow", "snow", "haze",
+)
+MAX_LEVEL = 5
+SPLIT_FOLDERS = {"train": ("Real_Train", "train"), "test": ("Real_Test", "test")}
+_NAME = re.compile(r"^(\d{2})_(\d{2})_(\d{2})_(\d{2})_(\d+)\.bmp$", re.IGNORECASE)
+
+
+@dataclass
+class CureTsrImages(LabeledImages):
+    """LabeledImages plus each image's challenge type (index into CHALLENGE_TYPES) and level (0-5)."""
+
+    challenge_types: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    challenge_levels: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+
+    def __post_init__(self):
+        super().__post_init__()
+        n = len(self)
+        assert self.challenge_types.shape == (n,) and self.challenge_levels.shape == (n,)
+
+    def subset(self, index: torch.Tensor) -> "CureTsrImages":
+        return CureTsrImages(
+            self.images[index], self.labels[index], self.classes, self.source,
+            self.challenge_types[index], self.challenge_levels[index],
+        )
+
+
+def split_folder(root: Path, split: str) -> Path:
+    if split not in SPLIT_FOLDERS:
+        raise FastmbrError(f"cure-tsr has splits train/test, not {split!r}")
+    for name in SPLIT_FOLDERS[split]:
+        if (Path(root) / name).is_dir():
+            return Path(root) / name
+    raise FastmbrError(f"{root}: no {' or '.join(SPLIT_FOLDERS[split])} folder (CURE-TSR {split} split)")
+
+
+def parse_name(path: Path) -> tuple[int, int, int]:
+    """File name → (label 0-13, challenge type 0-12, challenge level 0-5); anything else names the file."""
+    match = _NAME.match(path.name)
+    if match is None:
+        raise FastmbrError(f"{path}: not a CURE-TSR name <sequence>_<sign>_<challenge>_<level>_<index>.bmp")
+    _, sign, challenge, level, _ = (int(g) for g in match.groups())
+    if not 1 <= sign <= len(SIGN_TYPES):
+        raise FastmbrError(f"{path}: sign type {sign:02d} outside 01-{len(SIGN_TYPES)}")
+    if not 0 <= challenge < len(CHALLENGE_TYPES):
+        raise FastmbrError(f"{path}: challenge type {challenge:02d} outside 00-{len(CHALLENGE_TYPES) - 1:02d}")
+    if not 0 <= level <= MAX_LEVEL:
+        raise FastmbrError(f"{path}: challenge level {level:02d} outside 00-{MAX_LEVEL:02d}")
+    return sign - 1, challenge, level
+
+
+def list_bmps(folder: Path) -> list[Path]:
+    found = [Path(d) / f for d, _, files in os.walk(folder) for f in files if f.lower().endswith(".bmp")]
+    if not found:
+        raise FastmbrError(f"{folder}: holds no .bmp images")
+    return sorted(found, key=lambda p: (p.name, str(p)))
+
+
+def read(root: Path, split: str, size: int = 32) -> CureTsrImages:
+    """CURE-TSR as uint8 RGB ``[N, 3, size, size]``, labels 0-13, with per-image challenge type and level."""
+    folder = split_folder(root, split)
+    paths = list_bmps(folder)
+    parsed = torch.tensor([parse_name(p) for p in paths], dtype=torch.int64)
+    images = decode_all(paths, size=(size, size))
+    return CureTsrImages(images, parsed[:, 0].contiguous(), list(SIGN_TYPES), str(folder),
+                         parsed[:, 1].contiguous(), parsed[:, 2].contiguous())

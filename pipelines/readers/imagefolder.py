@@ -1,0 +1,128 @@
+"""torchvision's ImageFolder layout ``<root>/<split>/<class>/<image>``: decoded into memory, or listed as files.
+
+Class folders sort into label order (``0``…``9``, ``00000``…``00042``, wnids). Every image is converted to RGB,
+because real trees mix colour and greyscale JPEGs (Tiny-ImageNet holds 168 ``L`` images among 10,000).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.types import ImageFiles, LabeledImages
+
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"})
+_CHUNK = 256  # files per decode task: small PNGs are too cheap to schedule one by one
+
+
+def is_image(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def decode_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image file → uint8 ``[H, W, 3]`` (optionally resized bilinearly to ``size`` = (w, h));
+    a truncated or unreadable file is a FastmbrError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if size is not None and image.size != size:
+                image = image.resize(size, Image.Resampling.BILINEAR)
+            return np.asarray(image)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise FastmbrError(f"{path}: cannot decode image ({exc})") from None
+
+
+def _subfolders(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as entries:
+        return sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+
+
+def _image_names(folder: str) -> list[str]:
+    with os.scandir(folder) as entries:
+        return sorted(e.name for e in entries if e.is_file() and is_image(e.name))
+
+
+def _holds_class_folders(folder: Path) -> bool:
+    """True when ``folder`` looks like a split folder: its first subfolder holds image files directly."""
+    subs = _subfolders(folder)
+    return bool(subs) and bool(_image_names(subs[0].path))
+
+
+def split_folder(root: Path, split: str, accept_root: bool = False) -> Path:
+    """``<root>/<split>``; with ``accept_root`` also ``root`` itself when it already holds class folders."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FastmbrError(f"image folder {root} does not exist")
+    candidate = root / split
+    if candidate.is_dir():
+        return candidate
+    if accept_root and _holds_class_folders(root):
+        return root
+    present = ", ".join(e.name for e in _subfolders(root)) or "nothing"
+    raise FastmbrError(f"{root}: no split folder {split!r} (found: {present})")
+
+
+def list_tree(folder: Path) -> tuple[list[Path], torch.Tensor, list[str]]:
+    """Paths, int64 labels and sorted class names of one split folder; an empty class is an error, as in
+    torchvision, because it would silently shift every later label."""
+    classes = _subfolders(folder)
+    if not classes:
+        raise FastmbrError(f"{folder}: no class folders (expected {folder}/<class>/<image>)")
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, entry in enumerate(classes):
+        names = _image_names(entry.path)
+        if not names:
+            raise FastmbrError(f"{entry.path}: class folder holds no images")
+        paths.extend(Path(entry.path) / name for name in names)
+        labels.extend([label] * len(names))
+    return paths, torch.tensor(labels, dtype=torch.int64), [e.name for e in classes]
+
+
+def _decode_into(out: np.ndarray, paths: list[Path], start: int, size: tuple[int, int] | None) -> None:
+    expected = out.shape[1:3]
+    for i, path in enumerate(paths, start):
+        pixels = decode_rgb(path, size)
+        if pixels.shape[:2] != expected:
+            raise FastmbrError(
+                f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the first image of the folder is "
+                f"{expected[1]}x{expected[0]}; use a file-list dataset (read_files) for mixed sizes"
+            )
+        out[i] = pixels
+
+
+def decode_all(paths: list[Path], size: tuple[int, int] | None = None, workers: int | None = None) -> torch.Tensor:
+    """Decode ``paths`` (all one size, or resized to ``size`` = (w, h)) into uint8 ``[N, 3, H, W]``.
+
+    Chunks run in a thread pool: Pillow releases the GIL while inflating or IDCT-decoding, so JPEGs gain from
+    threads; tiny PNGs are bound by Python overhead either way."""
+    first = decode_rgb(paths[0], size)
+    out = np.empty((len(paths), *first.shape), dtype=np.uint8)
+    workers = workers or min(8, os.cpu_count() or 1)
+    starts = range(0, len(paths), _CHUNK)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = [pool.submit(_decode_into, out, paths[s : s + _CHUNK], s, size) for s in starts]
+        for job in jobs:
+            job.result()
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
+def read(root: Path, split: str) -> LabeledImages:
+    """Decode ``<root>/<split>/<class>/*`` into memory as uint8 RGB ``[N, 3, H, W]``."""
+    folder = split_folder(root, split)
+    paths, labels, classes = list_tree(folder)
+    return LabeledImages(decode_all(paths), labels, classes, source=str(folder))
+
+
+def read_files(root: Path, split: str) -> ImageFiles:
+    """List ``<root>/<split>/<class>/*`` (or ``root`` itself when it is the split folder) without decoding."""
+    folder = split_folder(root, split, accept_root=True)
+    paths, labels, classes = list_tree(folder)
+    return ImageFiles(paths, labels, classes, source=str(folder), meta={"split": split})
