@@ -56,6 +56,7 @@ def train(
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on CUDA)"),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA)"),
     checkpoint_every: int = typer.Option(0, help="also checkpoint every N steps inside an epoch"),
+    max_nonfinite: int = typer.Option(5, help="NaN/inf losses in a row tolerated (each skips its step)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Train a classifier with one algorithm on domain A and test it on the shifted domains."""
@@ -81,7 +82,7 @@ def train(
     cfg.data.loader = loader
     cfg.arch = arch or cfg.arch
     cfg.device, cfg.seed, cfg.out = device, seed, out
-    cfg.compile, cfg.amp, cfg.checkpoint_every = compile, amp, checkpoint_every
+    cfg.compile, cfg.amp, cfg.checkpoint_every, cfg.max_nonfinite = compile, amp, checkpoint_every, max_nonfinite
     metrics, run_dir = run_train(cfg, resume=resume, progress=progress)
     print_metrics_table([metrics])
     console.print(f"run folder: {run_dir}")

@@ -67,10 +67,12 @@ class RunConfig:
     def from_dict(cls, d: dict) -> "RunConfig":
         return cls(
             data=DataConfig(**d["data"]), algo=AlgoConfig(**d["algo"]), optim=OptimConfig(**d["optim"]),
-            **{k: v for k, v in d.items() if k not in ("data", "algo", "optim")},
+            **{k: v for k, v in d.items() if k in _RUN_FIELDS},
         )
 
 
+_RUN_FIELDS = {"arch", "device", "seed", "out", "amp", "compile", "channels_last", "log_every", "checkpoint_every",
+               "keep_checkpoints", "max_nonfinite"}
 _DIGITS = {"arch": "cnn", "optim": {"optimizer": "adadelta", "lr": 1.0}, "batch_size": 64}
 # Appendix A: CNN + Adadelta lr 1.0, batch 64, 100 epochs; ImageNet: ResNet-50, SGD 0.05 → 0.001 linear, batch 64
 # (32 for model-based algorithms). Default models of variation per dataset and shift kind.

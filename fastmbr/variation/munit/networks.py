@@ -47,8 +47,8 @@ class MunitArch:
 def arch_preset(size: str, channels: int = 3, style_dim: int = 8) -> MunitArch:
     """``tiny``: 28-32 px (dim 32, 1 downsampling, 2 res blocks, MLP 64); ``base``: MUNIT's defaults for 64-256 px."""
     if size == "tiny":
-        return MunitArch(channels, style_dim, dim=32, n_downsample=1, n_res=2, mlp_dim=64, first_kernel=5,
-                         up_kernel=3, style_downsample=3, dis_dim=32, dis_layers=3, dis_scales=3)
+        return MunitArch(channels, style_dim, dim=16, n_downsample=1, n_res=2, mlp_dim=64, first_kernel=3,
+                         up_kernel=3, style_downsample=3, dis_dim=16, dis_layers=3, dis_scales=3)
     if size == "base":
         return MunitArch(channels, style_dim)
     raise FastmbrError(f"unknown MUNIT size {size!r}; known: tiny, base")

@@ -1,0 +1,215 @@
+"""``fastmbr model train|sample|score`` and ``fastmbr export``: learn, inspect, judge and export a MUNIT G.
+
+Commands raise FastmbrError for anything the user got wrong; the top-level CLI prints it as one
+``error: ...`` line with exit status 2 (so does ``python -m fastmbr.cli_model``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fastmbr.errors import FastmbrError
+
+model_app = typer.Typer(help="Learned models of natural variation (MUNIT): train, sample, score.",
+                        no_args_is_help=True, add_completion=False)
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise FastmbrError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FastmbrError(f"--device {device}: no CUDA device is available")
+    return torch.device(device)
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise FastmbrError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _domains_from_dataset(dataset: str, shift: Optional[str], data_dir: Optional[Path]):
+    from fastmbr.pipelines.datasets import load_domains
+
+    domains = load_domains(dataset, shift, data_dir)
+    for role in ("A", "B"):
+        if role not in domains.unlabeled:
+            raise FastmbrError(f"{dataset} {domains.shift.label}: no unlabelled images of domain {role} to learn G")
+    source = {"dataset": dataset, "shift": domains.shift.kind, "domain_a": domains.shift.a,
+              "domain_b": domains.shift.b, "images_a": len(domains.unlabeled["A"]),
+              "images_b": len(domains.unlabeled["B"]), "notes": domains.notes}
+    return domains.unlabeled["A"].images, domains.unlabeled["B"].images, source
+
+
+@model_app.command("train")
+def train_command(
+    dataset: Optional[str] = typer.Argument(None, help="dataset name (or use --a-dir and --b-dir)"),
+    shift: Optional[str] = typer.Option(None, "--shift", help="shift defining domains A and B"),
+    size: str = typer.Option("tiny", "--size", help="tiny (28-32 px) or base (64-256 px)"),
+    iters: Optional[int] = typer.Option(None, "--iters", help="iterations (default: the size preset's)"),
+    out: Path = typer.Option(..., "--out", help="G_DIR to write G, checkpoints and sample grids into"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: the size preset's)"),
+    style_dim: int = typer.Option(8, "--style-dim", help="q, the dimension of δ"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    resume: bool = typer.Option(False, "--resume", help="continue from G_DIR/checkpoint.pt"),
+    a_dir: Optional[Path] = typer.Option(None, "--a-dir", help="folder of unlabelled domain-A images"),
+    b_dir: Optional[Path] = typer.Option(None, "--b-dir", help="folder of unlabelled domain-B images"),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="resize folder images to this side"),
+    checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Learn G: A → B from unpaired images of two domains."""
+    from fastmbr.variation.munit.folders import read_folder
+    from fastmbr.variation.munit.train import MunitTrainConfig, train_munit
+
+    _set_threads(threads)
+    if (a_dir is None) != (b_dir is None):
+        raise FastmbrError("--a-dir and --b-dir go together")
+    if a_dir is not None:
+        if dataset is not None:
+            raise FastmbrError(f"give either DATASET ({dataset}) or --a-dir/--b-dir, not both")
+        domain_a = read_folder(a_dir, image_size)
+        domain_b = read_folder(b_dir, domain_a.shape[-1])
+        source = {"a_dir": str(a_dir), "b_dir": str(b_dir), "images_a": len(domain_a), "images_b": len(domain_b)}
+    elif dataset is None:
+        raise FastmbrError("missing DATASET (or --a-dir and --b-dir)")
+    else:
+        domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir)
+    cfg = MunitTrainConfig(size=size, style_dim=style_dim, iters=iters, batch_size=batch_size, lr=lr,
+                           checkpoint_every=checkpoint_every, seed=seed, source=source)
+    train_munit(domain_a, domain_b, cfg, out, resolve_device(device), progress=progress, resume=resume)
+    typer.echo(f"G saved to {out} (G.safetensors, G.json; samples in {out / 'samples'})")
+
+
+@model_app.command("sample")
+def sample_command(
+    g_dir: Path = typer.Argument(..., help="a trained G_DIR"),
+    dataset: str = typer.Option(..., "--dataset"),
+    shift: Optional[str] = typer.Option(None, "--shift"),
+    k: int = typer.Option(8, "--k", help="style draws per input"),
+    rows: int = typer.Option(8, "--rows", help="domain-A test inputs"),
+    out: Path = typer.Option(..., "--out", help="PNG grid to write"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """A grid: rows are domain-A test images; columns the input, k draws of G(x, δ), a real B image."""
+    import torch
+
+    from fastmbr.pipelines.datasets import load_domains
+    from fastmbr.variation.munit.io import load_variation
+    from fastmbr.variation.munit.train import save_grid
+
+    if k < 1 or rows < 1:
+        raise FastmbrError(f"--k and --rows must be >= 1, got {k} and {rows}")
+    dev = resolve_device(device)
+    g = load_variation(g_dir, dev)
+    domains = load_domains(dataset, shift, data_dir)
+    test_a, test_b = domains.test["A"], domains.test.get("B", domains.test["A"])
+    n = min(rows, len(test_a), len(test_b))
+    xa = test_a.images[:n].to(dev).float() / 255
+    xb = test_b.images[:n].to(dev).float() / 255
+    deltas = g.sample_delta(n, k, torch.Generator().manual_seed(seed)).to(dev)
+    save_grid(g, xa, xb, deltas, out)
+    typer.echo(f"wrote {out}")
+
+
+@model_app.command("score")
+def score_command(
+    g_dir: Path = typer.Argument(..., help="a trained G_DIR"),
+    dataset: str = typer.Option(..., "--dataset"),
+    shift: Optional[str] = typer.Option(None, "--shift"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    epochs: int = typer.Option(3, "--epochs", help="epochs of the helper classifiers"),
+    max_train: int = typer.Option(6000, "--max-train", help="helper training images (A ∪ B)"),
+    max_test: Optional[int] = typer.Option(None, "--max-test"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: G_DIR/score_cache"),
+    device: str = typer.Option("auto", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+) -> None:
+    """Content kept (oracle accuracy on G(x_A, δ)) and shift achieved (share called B)."""
+    from fastmbr.pipelines.datasets import load_domains
+    from fastmbr.variation.munit.io import load_variation
+    from fastmbr.variation.munit.score import ScoreConfig, score
+
+    _set_threads(threads)
+    if epochs < 1 or max_train < 2:
+        raise FastmbrError(f"--epochs must be >= 1 and --max-train >= 2, got {epochs} and {max_train}")
+    dev = resolve_device(device)
+    g = load_variation(g_dir, dev)
+    domains = load_domains(dataset, shift, data_dir)
+    result = score(g, domains, dev, cache_dir or Path(g_dir) / "score_cache",
+                   ScoreConfig(epochs=epochs, max_train=max_train, max_test=max_test))
+    result["data"] = domains.notes
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    _print_score(result)
+
+
+def _print_score(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"G on {result['dataset']} {result['shift']} ({result['n_test']} test images of A)")
+    table.add_column("images")
+    table.add_column("content kept", justify="right")
+    table.add_column("shift achieved", justify="right")
+    for label, r in (("G(x_A, δ)", result), ("x_A (identity)", result["identity"]), ("real B", result["real_b"])):
+        table.add_row(label, f"{100 * r['content_kept']:.1f}%", f"{100 * r['shift_achieved']:.1f}%")
+    Console().print(table)
+
+
+def export_command(src: Path, onnx: Path, opset: int = 17) -> Path:
+    """Export the G in G_DIR ``src`` to ONNX: inputs ``x`` [B, C, H, W] in [0, 1] and ``delta`` [B, q]."""
+    import torch
+
+    from fastmbr.variation.munit.io import load_variation
+
+    if opset < 17:
+        raise FastmbrError(f"ONNX export needs opset >= 17, got {opset}")
+    try:
+        import onnx as _onnx  # noqa: F401
+    except ImportError:
+        raise FastmbrError("ONNX export needs the onnx package: pip install 'fastmbr[export]'") from None
+    g = load_variation(src, "cpu")
+    x = torch.rand(2, g.arch.channels, g.image_size, g.image_size)
+    delta = g.sample_delta(2, 1, torch.Generator().manual_seed(0))[0]
+    onnx = Path(onnx)
+    onnx.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about the shape checks, constant under export
+        torch.onnx.export(g, (x, delta), str(onnx), dynamo=False, opset_version=opset,
+                          input_names=["x", "delta"], output_names=["y"],
+                          dynamic_axes={"x": {0: "batch"}, "delta": {0: "batch"}, "y": {0: "batch"}})
+    return onnx
+
+
+def main() -> None:
+    try:
+        model_app()
+    except FastmbrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Training runs end to end: exact resume, run folder contents, evaluation, and user errors."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from fastmbr.cli import main
+from fastmbr.config import preset_config
+from fastmbr.engine import checkpoint as ckpt
+from fastmbr.engine.trainer import train
+
+
+def small_config(tmp_path, algo="mrt", epochs=2, **algo_overrides):
+    cfg = preset_config("mnist", algo, "background-color")
+    cfg.data.limit, cfg.data.batch_size = 192, 32
+    cfg.optim.epochs = epochs
+    cfg.device, cfg.out = "cpu", str(tmp_path / "run")
+    cfg.algo.k = algo_overrides.get("k", 3)
+    return cfg
+
+
+def final_weights(run_dir):
+    return ckpt.load_latest(run_dir)["model"]
+
+
+def test_run_folder_holds_config_metrics_and_checkpoints(tmp_path):
+    metrics, run_dir = train(small_config(tmp_path, epochs=1), progress=False)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    assert set(saved["test"]) == {"A", "B"}
+    for domain in ("A", "B"):
+        r = saved["test"][domain]
+        assert 0 <= r["top1"] <= r["top5"] <= 100 and r["n"] == 2000
+    assert saved["counts"]["val"]["A"] > 0 and saved["images_per_s"] > 0
+    assert (run_dir / "config.json").exists() and (run_dir / "best.pt").exists()
+    assert ckpt.list_checkpoints(run_dir)
+
+
+def test_resume_from_mid_epoch_checkpoint_equals_uninterrupted_run(tmp_path):
+    cfg = small_config(tmp_path, epochs=2)
+    cfg.checkpoint_every, cfg.keep_checkpoints = 2, 100
+    _, run_dir = train(cfg, progress=False)
+    reference = final_weights(run_dir)
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(run_dir, interrupted)
+    checkpoints = ckpt.list_checkpoints(interrupted)
+    mid = [p for p in checkpoints if p.name == ckpt.checkpoint_name(1, 2)]
+    assert mid, [p.name for p in checkpoints]
+    for later in checkpoints[checkpoints.index(mid[0]) + 1:]:
+        later.unlink()  # as if the process had been killed right after writing the mid-epoch checkpoint
+    (interrupted / "metrics.json").unlink()
+    cfg.out = str(interrupted)
+    train(cfg, resume=True, progress=False)
+    resumed = final_weights(interrupted)
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_torn_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    _, run_dir = train(small_config(tmp_path, algo="erm", epochs=2), progress=False)
+    newest = ckpt.list_checkpoints(run_dir)[-1]
+    newest.write_bytes(newest.read_bytes()[:100])
+    state = ckpt.load_latest(run_dir)
+    assert state is not None and state["epoch"] == 1
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    return exc.value.code, err
+
+
+@pytest.mark.parametrize("args, culprit", [
+    (["train", "cifar99"], "unknown dataset 'cifar99'"),
+    (["train", "mnist", "--algo", "trades"], "unknown algorithm 'trades'"),
+    (["train", "mnist", "--algo", "mrt", "-k", "0"], "k must be >= 1"),
+    (["train", "mnist", "--algo", "mda", "--lambda", "-1"], "lambda must be >= 0"),
+    (["train", "mnist", "--shift", "fog"], "unknown shift 'fog'"),
+    (["train", "gtsrb", "--data-dir", "/nonexistent/data"], "/nonexistent/data does not exist"),
+    (["train", "mnist", "--device", "cuda"] if not torch.cuda.is_available() else ["train", "mnist", "--device", "tpu"],
+     "--device"),
+    (["train", "mnist", "--model", "known:fog", "--algo", "mrt"], "unknown model of variation 'fog'"),
+    (["eval", "/nonexistent/run"], "not a run folder"),
+])
+def test_bad_input_is_one_error_line_and_exit_2(args, culprit, capsys, tmp_path):
+    code, err = run_cli(args + (["--out", str(tmp_path / "r")] if args[0] == "train" else []), capsys)
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and culprit in err[0], err
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_run_folder(tmp_path, capsys):
+    out = tmp_path / "nan"
+    code, err = run_cli(["train", "mnist", "--algo", "erm", "--limit", "96", "--batch-size", "32", "--epochs", "1",
+                         "--optimizer", "sgd", "--lr", "1e30", "--max-nonfinite", "1", "--device", "cpu", "--out", str(out), "--no-progress"],
+                        capsys)
+    assert code == 2 and len(err) == 1 and "NaN/inf" in err[0], err
+    assert json.loads((out / "config.json").read_text())["algo"]["name"] == "erm"
+
+
+def test_existing_run_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    code, err = run_cli(["train", "mnist", "--out", str(out)], capsys)
+    assert code == 2 and "already holds a run" in err[0]
+    assert (out / "config.json").read_text() == "{}"
+
+
+def test_checkpoint_with_other_delta_dimension_is_refused(tmp_path, capsys):
+    cfg = small_config(tmp_path, epochs=1)
+    _, run_dir = train(cfg, progress=False)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["algo"]["models"] = ["known:brightness"]  # q = 1 instead of background-color's 3
+    config["optim"]["epochs"] = 2
+    (run_dir / "config.json").write_text(json.dumps(config))
+    code, err = run_cli(["train", "mnist", "--out", str(run_dir), "--resume", "--no-progress"], capsys)
+    assert code == 2 and "δ dimension 3" in err[0], err
+
+
+def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
+    out = tmp_path / "e2e"
+    main(["train", "mnist", "--algo", "mda", "-k", "2", "--limit", "128", "--batch-size", "32", "--epochs", "1",
+          "--device", "cpu", "--out", str(out), "--no-progress"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["algorithm"] == "mda"
+    main(["eval", str(out), "--json", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    result = json.loads(printed[printed.index("{\n"):])
+    assert result["A"]["top1"] == pytest.approx(metrics["test"]["A"]["top1"])
