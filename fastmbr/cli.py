@@ -53,15 +53,35 @@ def train(
     seed: int = typer.Option(0),
     out: Optional[str] = typer.Option(None, help="run folder (default runs/<dataset>-<algo>-<time>)"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
+    auto_resume: bool = typer.Option(False, "--auto-resume",
+                                     help="continue the run in --out if it holds one, else start it there: one "
+                                          "command line for the first start and every restart (torchrun "
+                                          "--max-restarts, requeued jobs)"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on CUDA)"),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA)"),
     checkpoint_every: int = typer.Option(0, help="also checkpoint every N steps inside an epoch"),
     max_nonfinite: int = typer.Option(5, help="NaN/inf losses in a row tolerated (each skips its step)"),
+    keep_checkpoints: int = typer.Option(2, help="how many of the newest checkpoints to keep"),
+    log_every: int = typer.Option(50, help="steps between progress updates and train.log loss lines"),
+    accumulate: int = typer.Option(1, help="micro-batches per step on each process (gradient accumulation)"),
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="SyncBatchNorm across processes (CUDA, torchrun)"),
+    dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="--no-dropout replaces Dropout by identity"),
+    deterministic: bool = typer.Option(False, "--deterministic", help="torch.use_deterministic_algorithms(True)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Train a classifier with one algorithm on domain A and test it on the shifted domains."""
+    """Train a classifier with one algorithm on domain A and test it on the shifted domains.
+
+    Under torchrun (torchrun --nproc_per_node N -m fastmbr train ...) the same command trains data-parallel;
+    --batch-size stays the global batch.
+    """
+    from os import environ
+
     from fastmbr.config import preset_config
+    from fastmbr.engine.trainer import TrainOptions
     from fastmbr.engine.trainer import train as run_train
+
+    if auto_resume and not out:
+        raise FastmbrError("--auto-resume needs --out: a restart must find the same run folder")
 
     cfg = preset_config(dataset, algo, shift)
     overrides = {
@@ -83,9 +103,12 @@ def train(
     cfg.arch = arch or cfg.arch
     cfg.device, cfg.seed, cfg.out = device, seed, out
     cfg.compile, cfg.amp, cfg.checkpoint_every, cfg.max_nonfinite = compile, amp, checkpoint_every, max_nonfinite
-    metrics, run_dir = run_train(cfg, resume=resume, progress=progress)
-    print_metrics_table([metrics])
-    console.print(f"run folder: {run_dir}")
+    cfg.keep_checkpoints, cfg.log_every = keep_checkpoints, log_every
+    options = TrainOptions(accumulate=accumulate, sync_bn=sync_bn, dropout=dropout, deterministic=deterministic)
+    metrics, run_dir = run_train(cfg, resume="auto" if auto_resume else resume, progress=progress, options=options)
+    if environ.get("RANK", "0") == "0":
+        print_metrics_table([metrics])
+        console.print(f"run folder: {run_dir}")
 
 
 @app.command("eval")
@@ -123,6 +146,28 @@ def main_job(
 
     rows = run_main_job(data_dir=data_dir, epochs=epochs, out=Path(out), device=device, seed=seed, console=console)
     print_metrics_table(rows)
+
+
+@app.command()
+def bench(
+    quick: bool = typer.Option(False, "--quick", help="few cases, small sizes (< 3 minutes on 2 CPU cores)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile G's encoder and decoder"),
+    only: list[str] = typer.Option([], "--only", help="run only cases whose name contains this"),
+    size: Optional[str] = typer.Option(None, help="MUNIT size preset: tiny | base"),
+    image_size: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None),
+    arch: Optional[str] = typer.Option(None),
+    out: Path = typer.Option(Path("bench/results"), help="folder for the JSON result"),
+):
+    """Time the stages (G.expand, classifier, full step per algorithm × k, loaders, kernels) against the reference."""
+    from fastmbr.bench.report import run_bench
+
+    if device != "auto":
+        from fastmbr.engine.trainer import resolve_device
+
+        resolve_device(device)
+    run_bench(device, quick, compile, out, only or None, console, size, image_size, batch_size, arch)
 
 
 @datasets_app.callback()
@@ -177,26 +222,25 @@ def print_metrics_table(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every FastmbrError is one line on stderr and exit status 2."""
+    from typer.exceptions import Abort, Exit, TyperException
+
     _mount_optional_commands()
     try:
         app(args=argv, standalone_mode=False)
     except FastmbrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Abort):
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors come through here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exit as exc:
+        sys.exit(exc.exit_code)
+    except TyperException as exc:  # usage errors: typer prints them with the command's usage line
+        if hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+        else:
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

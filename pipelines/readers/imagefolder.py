@@ -34,7 +34,7 @@ def decode_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
             image = image.convert("RGB")
             if size is not None and image.size != size:
                 image = image.resize(size, Image.Resampling.BILINEAR)
-            return np.asarray(image)
+            return np.array(image)  # writable: callers hand it to torch.from_numpy
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise FastmbrError(f"{path}: cannot decode image ({exc})") from None
 

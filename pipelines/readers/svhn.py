@@ -41,7 +41,8 @@ def read(root: Path, split: str) -> LabeledImages:
     path = find_file(root, split)
     mat = load_mat(path)
     if "X" not in mat or "y" not in mat:
-        raise FastmbrError(f"{path}: expected variables X and y, found {', '.join(sorted(k for k in mat if not k.startswith('__')))}")
+        found = ", ".join(sorted(k for k in mat if not k.startswith("__"))) or "none"
+        raise FastmbrError(f"{path}: expected variables X and y, found {found}")
     x, y = mat["X"], np.asarray(mat["y"]).reshape(-1)
     if x.ndim != 4 or x.shape[2] != 3 or x.shape[3] != y.shape[0] or x.dtype != np.uint8:
         raise FastmbrError(f"{path}: X is {x.dtype} {list(x.shape)}, expected uint8 [32, 32, 3, {y.shape[0]}]")

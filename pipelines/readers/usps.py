@@ -1,8 +1,8 @@
 """USPS in LIBSVM text format (``usps.bz2`` train, ``usps.t.bz2`` test): ``label idx:value ...`` per line.
 
 Labels 1-10 become 0-9 and the 256 features in [-1, 1] become a 16×16 grey image with torchvision's mapping
-``uint8((v + 1) / 2 · 255)``, so the pixels equal ``torchvision.datasets.USPS``. Features a line leaves out are 0,
-as LIBSVM's sparse format allows.
+``uint8((v + 1) / 2 · 255)`` in float32, so the pixels equal ``torchvision.datasets.USPS`` bit for bit.
+Features a line leaves out are 0, as LIBSVM's sparse format allows.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def read_text(path: Path) -> str:
 def parse_line(line: str, path: Path, number: int) -> tuple[int, np.ndarray]:
     """One LIBSVM row → (label 0-9, 256 float features)."""
     fields = line.split()
-    features = np.zeros(SIDE * SIDE, dtype=np.float64)
+    features = np.zeros(SIDE * SIDE, dtype=np.float32)
     try:
         label = int(float(fields[0])) - 1
         for item in fields[1:]:

@@ -1,0 +1,116 @@
+"""The bench suite's driver: runs the stages, prints a rich table, writes bench/results/<device>-<date>.json."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from fastmbr.bench.stages import (BenchSetup, bench_classifier_step, bench_expand, bench_full_step, bench_loader,
+                                  tune_decode_chunk)
+from fastmbr.engine.rundir import git_sha
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import nvidia.dali as dali
+
+        out["dali"] = dali.__version__
+    except ImportError:
+        out["dali"] = None
+    return out
+
+
+def suite(setup: BenchSetup, quick: bool) -> list[tuple[str, callable]]:
+    ks = (3, 10) if quick else (1, 3, 10, 20)
+    cases = [(f"expand k={k}", lambda k=k: bench_expand(setup, k)) for k in ks]
+    cases.append(("decode chunk", lambda: tune_decode_chunk(setup, 10)))
+    cases.append(("classifier step", lambda: bench_classifier_step(setup)))
+    algos = [("mda", 3), ("mrt", 10)] if quick else [("mda", 3), ("mda", 10), ("mrt", 10), ("mrt", 20)]
+    cases += [(f"{a}-{k}", lambda a=a, k=k: bench_full_step(setup, a, k)) for a, k in algos]
+    cases.append(("loaders", lambda: loader_cases(setup)))
+    cases.append(("kernels", lambda: kernel_cases(setup, quick)))
+    return cases
+
+
+def loader_cases(setup: BenchSetup) -> list[dict]:
+    from fastmbr.pipelines.datasets import load_domains
+
+    data = load_domains("mnist").train
+    out = []
+    for backend in ("tensor", "torch"):
+        try:
+            out.append(bench_loader(backend, data, setup))
+        except Exception as exc:  # noqa: BLE001 - a backend missing here is reported, not fatal
+            out.append({"case": f"loader {backend}", "error": str(exc).splitlines()[0]})
+    return out
+
+
+def kernel_cases(setup: BenchSetup, quick: bool) -> list[dict]:
+    from fastmbr.bench.kernels import bench_pga, bench_worst_of_k
+
+    repeats = 10 if quick else 50
+    wok = bench_worst_of_k(setup.device, k=10, batch=setup.batch, classes=1000, repeats=repeats)
+    pga = bench_pga(setup.device, batch=setup.batch, repeats=repeats)
+    return [{"case": "kernel worst_of_k (k=10, C=1000)", **wok}, {"case": "kernel pga_step_", **pga}]
+
+
+def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list[str] | None, console,
+              size: str | None = None, image_size: int | None = None, batch: int | None = None,
+              arch: str | None = None) -> Path:
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    on_gpu = dev.type == "cuda"
+    setup = BenchSetup(
+        device=dev, size=size or ("base" if on_gpu and not quick else "tiny"),
+        image_size=image_size or (224 if on_gpu and not quick else 32), batch=batch or (32 if on_gpu else 32),
+        arch=arch or ("resnet50" if on_gpu and not quick else "cnn"),
+        repeats=1 if quick else 5, rounds=3, compile=compile,
+    )
+    results = []
+    for name, case in suite(setup, quick):
+        if only and not any(o in name for o in only):
+            continue
+        console.print(f"[dim]bench: {name}…[/dim]")
+        produced = case()
+        results += produced if isinstance(produced, list) else [produced]
+    payload = {
+        "device": device_name(dev), "device_type": dev.type, "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_sha(), "command": " ".join(["fastmbr", *sys.argv[1:]]) if sys.argv else "fastmbr bench",
+        "versions": versions(), "setup": {k: str(v) for k, v in vars(setup).items()}, "results": results,
+    }
+    print_table(results, console, payload["device"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    slug = "".join(c if c.isalnum() else "-" for c in payload["device"].lower()).strip("-")[:40]
+    path = out_dir / f"{slug}-{dt.date.today().isoformat()}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    console.print(f"written: {path}")
+    return path
+
+
+def print_table(results: list[dict], console, device: str) -> None:
+    from rich.table import Table
+
+    table = Table("case", "measurements", title=f"fastmbr bench — {device}")
+    for r in results:
+        cells = ", ".join(f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in r.items() if k != "case")
+        table.add_row(r["case"], cells)
+    console.print(table)

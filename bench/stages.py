@@ -1,0 +1,174 @@
+"""Benchmark stages: G.expand against the naive loop and the reference, decode-chunk tuning, classifier and full
+training steps per algorithm × k against the reference path, loaders, kernels. Every ratio compares two paths
+timed in the same process, on the same inputs and device, interleaved to share the machine's noise.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastmbr.algorithms import build_algorithm
+from fastmbr.bench.reference import REFERENCE_LOSSES, reference_generate
+from fastmbr.models import build_classifier
+from fastmbr.variation.munit.networks import Generator, arch_preset
+from fastmbr.variation.munit.variation import MunitVariation
+
+
+@dataclass
+class BenchSetup:
+    device: torch.device
+    size: str = "tiny"  # MUNIT preset
+    image_size: int = 32
+    batch: int = 64
+    arch: str = "cnn"
+    repeats: int = 3
+    rounds: int = 3
+    compile: bool = False
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seconds(fn, device: torch.device, repeats: int) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def side_by_side(paths: dict, device: torch.device, repeats: int, rounds: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds per call of each path, the paths interleaved round by round."""
+    for fn in paths.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            times[name].append(seconds(fn, device, repeats))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def make_generator(setup: BenchSetup) -> tuple[Generator, MunitVariation]:
+    """A randomly initialised MUNIT and the MunitVariation sharing its weights (speed does not need training)."""
+    torch.manual_seed(0)
+    arch = arch_preset(setup.size)
+    gen = Generator(arch).to(setup.device).eval().requires_grad_(False)
+    G = MunitVariation(arch, setup.image_size).to(setup.device)
+    G.content_encoder.load_state_dict(gen.content.state_dict())
+    G.decoder.load_state_dict(gen.decoder.state_dict())
+    return gen, G.freeze()
+
+
+def maybe_compile(G: MunitVariation, setup: BenchSetup) -> MunitVariation:
+    if setup.compile:
+        G.content_encoder = torch.compile(G.content_encoder, dynamic=False)
+        G.decoder = torch.compile(G.decoder, dynamic=False)
+    return G
+
+
+def bench_expand(setup: BenchSetup, k: int) -> dict:
+    """k variations of a batch: fastmbr's expand vs a loop of forward calls vs the reference (re-encode per draw)."""
+    gen, G = make_generator(setup)
+    G = maybe_compile(G, setup)
+    x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
+    delta = G.sample_delta(setup.batch, k)
+    with torch.no_grad():
+        t = side_by_side({
+            "reference": lambda: [reference_generate(gen, x, delta[i]) for i in range(k)],
+            "loop": lambda: [G(x, delta[i]) for i in range(k)],
+            "expand": lambda: G.expand(x, delta),
+        }, setup.device, setup.repeats, setup.rounds)
+    images = k * setup.batch
+    return {"case": f"G.expand k={k}", **_rates(t, images, baseline="reference")}
+
+
+def tune_decode_chunk(setup: BenchSetup, k: int) -> dict:
+    """Images per decoder call: the fastest chunk for this device (the setting expand uses)."""
+    _, G = make_generator(setup)
+    G = maybe_compile(G, setup)
+    x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
+    delta = G.sample_delta(setup.batch, k)
+    chunks = sorted({setup.batch * m for m in (1, 2, 4) if setup.batch * m <= k * setup.batch} | {k * setup.batch})
+    paths = {}
+    for chunk in chunks:
+        def run(chunk=chunk):
+            G.decode_chunk = chunk
+            with torch.no_grad():
+                return G.expand(x, delta)
+        paths[f"chunk={chunk}"] = run
+    t = side_by_side(paths, setup.device, setup.repeats, setup.rounds)
+    best = min(t, key=t.get)
+    return {"case": f"decode chunk k={k}", "best": best,
+            **{f"{name} images/s": k * setup.batch / s for name, s in t.items()}}
+
+
+def bench_full_step(setup: BenchSetup, algo_name: str, k: int) -> dict:
+    """One optimisation step (G, selection/augmentation, classifier forward/backward, update) per path."""
+    gen, G = make_generator(setup)
+    G = maybe_compile(G, setup)
+    torch.manual_seed(0)
+    fast_model = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
+    ref_model = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
+    ref_model.load_state_dict(fast_model.state_dict())
+    fast_opt = torch.optim.Adadelta(fast_model.parameters())
+    ref_opt = torch.optim.Adadelta(ref_model.parameters())
+    algo = build_algorithm(algo_name, k=k)
+    x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
+    y = torch.randint(0, 10, (setup.batch,), device=setup.device)
+
+    def step(model, opt, loss_fn):
+        opt.zero_grad(set_to_none=True)
+        loss_fn().backward()
+        opt.step()
+
+    paths = {
+        "reference": lambda: step(ref_model, ref_opt, lambda: REFERENCE_LOSSES[algo_name](ref_model, gen, x, y, k)),
+        "fastmbr": lambda: step(fast_model, fast_opt, lambda: algo.loss(fast_model, G, x, y)["loss"]),
+    }
+    t = side_by_side(paths, setup.device, setup.repeats, setup.rounds)
+    return {"case": f"{algo_name.upper()}-{k} full step ({setup.arch}, MUNIT {setup.size}, {setup.image_size}px)",
+            **_rates(t, setup.batch, baseline="reference")}
+
+
+def bench_classifier_step(setup: BenchSetup) -> dict:
+    model = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
+    opt = torch.optim.Adadelta(model.parameters())
+    x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
+    y = torch.randint(0, 10, (setup.batch,), device=setup.device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    t = side_by_side({"erm": step}, setup.device, setup.repeats, setup.rounds)
+    return {"case": f"classifier step ({setup.arch}, {setup.image_size}px)", "images/s": setup.batch / t["erm"]}
+
+
+def bench_loader(backend: str, data, setup: BenchSetup) -> dict:
+    from fastmbr.pipelines.loaders import LoaderConfig, build_loader
+
+    loader = build_loader(data, LoaderConfig(batch_size=setup.batch, augment="crop-flip",
+                                             image_size=setup.image_size, device=setup.device, backend=backend))
+    start, n = time.perf_counter(), 0
+    for _, y in loader:
+        n += y.shape[0]
+    sync(setup.device)
+    return {"case": f"loader {backend}", "images/s": n / (time.perf_counter() - start), "images": n}
+
+
+def _rates(t: dict[str, float], images: int, baseline: str) -> dict:
+    out = {f"{name} images/s": images / s for name, s in t.items()}
+    for name, s in t.items():
+        if name != baseline:
+            out[f"{name} speed-up"] = t[baseline] / s
+    return out

@@ -1,0 +1,78 @@
+"""load_domains on the real data: the Table 10 band counts are independent numbers from the data README."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.datasets import load_domains
+
+DATA = Path(os.environ.get("FASTMBR_DATA", "/work/shared/data"))
+
+
+@pytest.fixture(scope="module")
+def gtsrb_brightness():
+    return load_domains("gtsrb", "brightness", DATA)
+
+
+def test_gtsrb_brightness_bands_equal_table_10_counts(gtsrb_brightness):
+    d = gtsrb_brightness
+    assert len(d.test["A"]) == 2611 and len(d.test["B"]) == 684  # test: B<40, B>170
+    assert len(d.train) + len(d.val) == 3073 and len(d.unlabeled["B"]) == 846  # train subset
+    assert len(d.val) == round(3073 * 0.1)
+
+
+def test_gtsrb_contrast_bands_equal_table_10_counts():
+    d = load_domains("gtsrb", "contrast:low-high", DATA)
+    assert len(d.test["A"]) == 1637 and len(d.test["B"]) == 4092  # test: C<80, C>230
+    assert len(d.train) + len(d.val) == 2041 and len(d.unlabeled["B"]) == 5162
+
+
+def test_gtsrb_bands_really_differ_in_brightness(gtsrb_brightness):
+    low = gtsrb_brightness.test["A"].images.float().mean(dim=(1, 2, 3))
+    high = gtsrb_brightness.test["B"].images.float().mean(dim=(1, 2, 3))
+    assert low.max() < 40 and high.min() > 170
+
+
+def test_mnist_background_colour_domains():
+    d = load_domains("mnist", "background-color", DATA, limit=6000)
+    assert (len(d.train), len(d.val)) == (5400, 600)
+    assert len(d.test["A"]) == len(d.test["B"]) == 10000
+    assert len(d.unlabeled["A"]) == len(d.unlabeled["B"]) == 3000
+    corner_a = d.test["A"].images[:, :, 0, 0].float()  # MNIST corners are background
+    corner_b = d.test["B"].images[:, :, 0, 0].float()
+    assert (corner_a[:, 2] > corner_a[:, 0]).all() and (corner_b[:, 0] > corner_b[:, 2]).all()
+    assert d.train.images.shape[1:] == (3, 32, 32)
+
+
+@pytest.mark.parametrize("name,total", [("fashion-mnist", 10000), ("usps", 2007)])
+def test_test_only_sets_get_a_deterministic_80_20_split(name, total):
+    first = load_domains(name, None, DATA)
+    again = load_domains(name, None, DATA)
+    carved = round(total * 0.2)
+    assert len(first.test["A"]) == carved and len(first.train) + len(first.val) == total - carved
+    assert torch.equal(first.test["A"].images, again.test["A"].images)
+    assert torch.equal(first.train.labels, again.train.labels)
+    assert any("80% train / 20% test" in note for note in first.notes)
+
+
+@pytest.mark.parametrize(
+    "name,shift,culprit",
+    [("cifar", None, "'cifar'"), ("gtsrb", "rotation", "'rotation'"), ("mnist", "brightness", "'brightness'"),
+     ("gtsrb", "brightness:low-dim", "brightness:low-dim")],
+)
+def test_unknown_dataset_or_shift_is_a_one_line_error(name, shift, culprit):
+    with pytest.raises(FastmbrError, match=culprit) as err:
+        load_domains(name, shift, DATA)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_data_folders_are_errors(tmp_path):
+    with pytest.raises(FastmbrError, match="does not exist"):
+        load_domains("gtsrb", "brightness", tmp_path / "absent")
+    with pytest.raises(FastmbrError, match="'gtsrb' not found"):
+        load_domains("gtsrb", "brightness", tmp_path)

@@ -1,0 +1,266 @@
+"""The LoaderConfig contract, checked on every backend this machine can run.
+
+Each test image is one flat colour that encodes its sample index (red = 4·index) and label (green = 50·label),
+so a batch tells which samples it holds even after resizing and cropping: cover, sharding and resume are
+checked by sample identity, not just by labels.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.loaders import BACKENDS, LoaderConfig, build_loader
+from fastmbr.pipelines.loaders.dali import dali_available
+from fastmbr.pipelines.loaders.ffcv import ffcv_available
+from fastmbr.pipelines.loaders.tensor import TensorLoader, epoch_order, random_crop, random_flip, shard_order
+from fastmbr.pipelines.loaders.torch import TorchLoader
+from fastmbr.pipelines.readers.imagefolder import read, read_files
+
+CLASSES, PER_CLASS, SIDE = 3, 7, 16
+N = CLASSES * PER_CLASS
+
+needs_dali = pytest.mark.skipif(not dali_available(), reason="nvidia-dali is not installed")
+needs_ffcv = pytest.mark.skipif(not ffcv_available(), reason="ffcv is not installed (optional; needs system libs)")
+CASES = [
+    pytest.param("tensor", "memory", id="tensor-memory"),
+    pytest.param("torch", "memory", id="torch-memory"),
+    pytest.param("torch", "files", id="torch-files"),
+    pytest.param("dali", "files", id="dali-files", marks=needs_dali),
+    pytest.param("ffcv", "memory", id="ffcv-memory", marks=needs_ffcv),
+    pytest.param("ffcv", "files", id="ffcv-files", marks=needs_ffcv),
+]
+# FFCV's random crop/flip draw from its own state: its augmented pixels after a resume are fresh draws.
+AUGMENTED_EXACT_RESUME = [c for c in CASES if c.values[0] != "ffcv"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    """``<root>/train/<class>/<i>.png``: flat 16×16 PNGs, sample ``index`` in class ``label``."""
+    root = tmp_path_factory.mktemp("tree")
+    for label in range(CLASSES):
+        folder = root / "train" / f"c{label}"
+        folder.mkdir(parents=True)
+        for i in range(PER_CLASS):
+            index = label * PER_CLASS + i
+            pixel = np.array([4 * index, 50 * label, 255 - 4 * index], dtype=np.uint8)
+            Image.fromarray(np.broadcast_to(pixel, (SIDE, SIDE, 3)).copy()).save(folder / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory) -> Path:
+    """The same layout with random pixels, so crops and flips show."""
+    root = tmp_path_factory.mktemp("textured")
+    rng = np.random.default_rng(0)
+    for label in range(CLASSES):
+        folder = root / "train" / f"c{label}"
+        folder.mkdir(parents=True)
+        for i in range(PER_CLASS):
+            Image.fromarray(rng.integers(0, 256, (SIDE, SIDE, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """FFCV's .beton cache goes to the test's own folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def dataset(tree: Path, kind: str):
+    return read(tree, "train") if kind == "memory" else read_files(tree, "train")
+
+
+def make(tree: Path, backend: str, kind: str, **overrides):
+    settings = dict(batch_size=5, shuffle=False, image_size=SIDE, backend=backend,
+                    num_workers=0 if backend == "torch" else 2)
+    settings.update(overrides)
+    return build_loader(dataset(tree, kind), LoaderConfig(**settings))
+
+
+def sample_ids(x: torch.Tensor) -> list[int]:
+    """Decode each flat image's index from its red value (centre pixel, robust to resize rounding)."""
+    red = (x[:, 0, SIDE // 2, SIDE // 2] * 255).round()
+    return (red / 4).round().long().tolist()
+
+
+def epoch(loader, number: int = 0, start_batch: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    loader.set_epoch(number, start_batch)
+    return list(loader)
+
+
+def test_backends_are_registered():
+    assert set(BACKENDS) == {"auto", "tensor", "torch", "dali", "ffcv"}
+
+
+@pytest.mark.parametrize("backend,kind", CASES)
+def test_batches_keep_the_contract(tree, backend, kind):
+    batches = epoch(make(tree, backend, kind))
+    assert [len(y) for _, y in batches] == [5, 5, 5, 5, 1]
+    for x, y in batches:
+        assert x.dtype == torch.float32 and x.shape[1:] == (3, SIDE, SIDE) and x.device.type == "cpu"
+        assert y.dtype == torch.int64 and y.shape == (x.shape[0],)
+        assert 0.0 <= x.min() and x.max() <= 1.0
+    labels = torch.cat([y for _, y in batches])
+    assert set(labels.tolist()) == set(range(CLASSES))
+
+
+@pytest.mark.parametrize("backend,kind", CASES)
+def test_unshuffled_epoch_is_every_sample_once_in_order(tree, backend, kind):
+    batches = epoch(make(tree, backend, kind))
+    ids = [i for x, _ in batches for i in sample_ids(x)]
+    labels = torch.cat([y for _, y in batches]).tolist()
+    assert ids == list(range(N))
+    assert labels == [i // PER_CLASS for i in ids]
+
+
+@pytest.mark.parametrize("backend,kind", CASES)
+def test_shuffled_epoch_follows_seed_and_epoch(tree, backend, kind):
+    loader = make(tree, backend, kind, shuffle=True, seed=3)
+    ids = {e: [i for x, _ in epoch(loader, e) for i in sample_ids(x)] for e in (0, 1)}
+    assert ids[0] == epoch_order(N, 3, 0, True).tolist()
+    assert ids[1] == epoch_order(N, 3, 1, True).tolist()
+    assert sorted(ids[0]) == list(range(N)) and ids[0] != ids[1]
+
+
+@pytest.mark.parametrize("backend,kind", CASES)
+def test_two_shards_are_disjoint_and_cover_the_global_batches(tree, backend, kind):
+    shards = []
+    for shard_id in (0, 1):
+        loader = make(tree, backend, kind, shuffle=True, seed=5, num_shards=2, shard_id=shard_id)
+        shards.append([i for x, _ in epoch(loader, 2) for i in sample_ids(x)])
+    order = epoch_order(N, 5, 2, True)
+    assert not set(shards[0]) & set(shards[1])
+    assert sorted(shards[0] + shards[1]) == sorted(order[:20].tolist())  # 21 samples: two global batches of 10
+    assert shards[1] == shard_order(order, 5, 2, 1, False).tolist()
+
+
+@pytest.mark.parametrize("backend,kind", CASES)
+def test_resume_yields_the_rest_of_the_uninterrupted_epoch(tree, backend, kind):
+    loader = make(tree, backend, kind, shuffle=True, seed=1)
+    full = epoch(loader, 4)
+    resumed = epoch(loader, 4, start_batch=2)
+    assert len(resumed) == len(full) - 2
+    for (x, y), (rx, ry) in zip(full[2:], resumed):
+        assert torch.equal(x, rx) and torch.equal(y, ry)
+    assert len(epoch(loader, 4)) == len(full), "start_batch must apply to one epoch only"
+
+
+@pytest.mark.parametrize("backend,kind", AUGMENTED_EXACT_RESUME)
+def test_augmented_resume_is_bit_exact(textured, backend, kind):
+    loader = make(textured, backend, kind, shuffle=True, seed=2, augment="rrc-flip")
+    full = epoch(loader, 1)
+    resumed = epoch(loader, 1, start_batch=3)
+    assert len(resumed) == len(full) - 3
+    assert all(torch.equal(x, rx) and torch.equal(y, ry) for (x, y), (rx, ry) in zip(full[3:], resumed))
+    fixed_order = make(textured, backend, kind, shuffle=False, seed=2, augment="rrc-flip")
+    first, second = epoch(fixed_order, 1), epoch(fixed_order, 2)
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(first, second)), "augmentation must change per epoch"
+
+
+def test_torch_loader_rrc_changes_pixels_but_keeps_shape(tmp_path):
+    images = torch.randint(0, 256, (6, 3, 20, 20), dtype=torch.uint8)
+    from fastmbr.pipelines.types import LabeledImages
+
+    data = LabeledImages(images, torch.arange(6) % 2, ["a", "b"])
+    x, _ = next(iter(build_loader(data, LoaderConfig(batch_size=6, shuffle=False, augment="rrc-flip",
+                                                      backend="torch", num_workers=0))))
+    assert x.shape == (6, 3, 20, 20)
+    assert not torch.allclose(x, images.float() / 255)
+
+
+def test_torch_workers_give_the_same_batches_as_the_main_process(tree):
+    inline = epoch(make(tree, "torch", "files", shuffle=True, augment="rrc-flip", num_workers=0), 1)
+    workers = epoch(make(tree, "torch", "files", shuffle=True, augment="rrc-flip", num_workers=2), 1)
+    assert all(torch.equal(a, b) and torch.equal(c, d) for (a, c), (b, d) in zip(inline, workers))
+
+
+def reference_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per image: reflect-pad, then slice at the offsets the batched op draws (dy for all, then dx for all)."""
+    b, _, h, w = x.shape
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    out = []
+    for i in range(b):
+        padded = F.pad(x[i : i + 1], (pad, pad, pad, pad), mode="reflect")[0]
+        out.append(padded[:, dy[i] : dy[i] + h, dx[i] : dx[i] + w])
+    return torch.stack(out)
+
+
+def reference_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    flips = torch.rand(x.shape[0], generator=generator) < 0.5
+    return torch.stack([img.flip(-1) if f else img for img, f in zip(x, flips)])
+
+
+@pytest.mark.parametrize("shape,pad", [((7, 3, 12, 12), 1), ((5, 1, 9, 13), 3), ((4, 3, 32, 32), 4)])
+def test_tensor_crop_and_flip_equal_a_per_image_reference(shape, pad):
+    seed = int.from_bytes(os.urandom(4), "little")
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    batched = random_crop(x, pad, torch.Generator().manual_seed(seed + 1))
+    assert torch.equal(batched, reference_crop(x, pad, torch.Generator().manual_seed(seed + 1))), f"seed {seed}"
+    flipped = random_flip(x, torch.Generator().manual_seed(seed + 2))
+    assert torch.equal(flipped, reference_flip(x, torch.Generator().manual_seed(seed + 2))), f"seed {seed}"
+
+
+@pytest.fixture
+def corrupt_tree(tmp_path) -> tuple[Path, Path]:
+    folder = tmp_path / "val" / "n0"
+    folder.mkdir(parents=True)
+    for i in range(6):
+        Image.fromarray(np.full((24, 24, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.jpg")
+    bad = folder / "3.jpg"
+    bad.write_bytes(bad.read_bytes()[:120])
+    return tmp_path, bad
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "backend,workers",
+    [("torch", 0), ("torch", 2), pytest.param("dali", 2, marks=needs_dali)],
+)
+def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(corrupt_tree, backend, workers):
+    root, bad = corrupt_tree
+    loader = build_loader(read_files(root, "val"), LoaderConfig(batch_size=2, shuffle=False, image_size=16,
+                                                                backend=backend, num_workers=workers))
+    with pytest.raises(FastmbrError) as err:
+        list(loader)
+    message = str(err.value)
+    assert str(bad) in message and "\n" not in message and "Traceback" not in message
+
+
+def test_auto_picks_tensor_for_memory_and_torch_for_files_on_cpu(tree):
+    assert isinstance(make(tree, "auto", "memory"), TensorLoader)
+    assert isinstance(make(tree, "auto", "files", device="cpu"), TorchLoader)
+
+
+@pytest.mark.parametrize(
+    "backend,kind,overrides,culprit",
+    [
+        ("nope", "memory", {}, "'nope'"),
+        ("tensor", "files", {}, "tensor"),
+        ("torch", "memory", {"augment": "mixup"}, "'mixup'"),
+        ("torch", "memory", {"shard_id": 2, "num_shards": 2}, "shard id 2"),
+        ("torch", "memory", {"device": "cuda:99"}, "cuda:99"),
+        ("torch", "memory", {"device": "quantum"}, "quantum"),
+        pytest.param("dali", "memory", {}, "dali", marks=needs_dali),
+        pytest.param("dali", "files", {"augment": "crop"}, "'crop'", marks=needs_dali),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tree, backend, kind, overrides, culprit):
+    with pytest.raises(FastmbrError, match=culprit) as err:
+        make(tree, backend, kind, **overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_ffcv_is_a_clear_error(tree, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ffcv", None)
+    with pytest.raises(FastmbrError, match="loader 'ffcv' needs the ffcv package"):
+        make(tree, "ffcv", "memory")
