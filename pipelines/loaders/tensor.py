@@ -5,7 +5,10 @@ Shuffling, crops and flips are batched tensor ops; there are no worker processes
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from fastmbr.pipelines.loaders.config import LoaderConfig
 from fastmbr.pipelines.types import LabeledImages
@@ -30,7 +33,7 @@ def shard_order(order: torch.Tensor, batch_size: int, num_shards: int, shard_id:
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
     """Pad by ``pad`` (reflect) and crop back at a random offset per image, as one batched gather."""
     b, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(x.device)
     rows = (dy.view(b, 1) + torch.arange(h, device=x.device)).view(b, 1, h, 1)
@@ -38,6 +41,27 @@ def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.
     bidx = torch.arange(b, device=x.device).view(b, 1, 1, 1)
     cidx = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
     return padded[bidx, cidx, rows, cols]
+
+
+def random_resized_crop_flip(x: torch.Tensor, size: int, generator: torch.Generator,
+                             scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Inception-style random-resized crop and horizontal flip for a whole batch as one affine resampling.
+
+    Each image gets its own crop (area fraction in ``scale``, aspect ratio in ``ratio``, log-uniform) and a coin
+    flip folded into the sign of the horizontal scale; one ``grid_sample`` call resamples every crop to ``size``.
+    """
+    b = x.shape[0]
+    area = scale[0] + (scale[1] - scale[0]) * torch.rand(b, generator=generator)
+    log_r = torch.empty(b).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)
+    h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    cx = (1 - w) * (2 * torch.rand(b, generator=generator) - 1)
+    cy = (1 - h) * (2 * torch.rand(b, generator=generator) - 1)
+    flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(b)
+    theta = torch.stack((torch.stack((w * flip, zero, cx), 1), torch.stack((zero, h, cy), 1)), 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), [b, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -68,8 +92,10 @@ class TensorLoader:
     def _augment(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.cfg.augment in ("crop", "crop-flip"):
             x = random_crop(x, pad=max(1, x.shape[-1] // 8), generator=generator)
-        if self.cfg.augment in ("crop-flip", "rrc-flip"):
+        if self.cfg.augment == "crop-flip":
             x = random_flip(x, generator)
+        if self.cfg.augment == "rrc-flip":
+            x = random_resized_crop_flip(x, self.cfg.image_size, generator)
         return x
 
     def __iter__(self):
