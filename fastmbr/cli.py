@@ -170,6 +170,24 @@ def bench(
     run_bench(device, quick, compile, out, only or None, console, size, image_size, batch_size, arch)
 
 
+@app.command()
+def repro(
+    name: str = typer.Argument(..., help="recipe name in experiments/ (e.g. t6_gtsrb_brightness)"),
+    seeds: Optional[int] = typer.Option(None, help="number of seeds (recipe default: 3)"),
+    full: bool = typer.Option(False, "--full", help="the paper's settings (GPU machines)"),
+    report: bool = typer.Option(False, "--report", help="only regenerate results/NAME.md from the run folders"),
+    data_dir: Optional[str] = typer.Option(None),
+    device: str = typer.Option("auto"),
+    root: Path = typer.Option(Path("runs/repro"), help="where the recipe's run folders go"),
+):
+    """Run a paper experiment recipe (every algorithm × seed) and write its results table."""
+    from fastmbr.repro import run_recipe, write_report
+
+    path = write_report(name, root, full) if report else run_recipe(name, seeds, full, data_dir, device, root, console)
+    console.print(path.read_text())
+    console.print(f"written: {path}")
+
+
 @datasets_app.callback()
 def datasets_list(ctx: typer.Context, data_dir: Optional[str] = typer.Option(None)):
     """List datasets, their shifts and where each was found."""

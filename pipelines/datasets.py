@@ -133,6 +133,15 @@ def deterministic_split(n: int, fraction: float, seed: int) -> tuple[torch.Tenso
     return perm[cut:].sort().values, perm[:cut].sort().values
 
 
+def limited(data, limit: int | None, seed: int, notes: list[str]):
+    """A seeded random subset of ``limit`` images (files are often sorted by class: never just the first N)."""
+    if limit is None or limit >= len(data):
+        return data
+    _, keep = deterministic_split(len(data), limit / len(data), seed + 7)
+    notes.append(f"--limit {limit}: a seeded random subset of domain A's {len(data)} training images")
+    return data.subset(keep)
+
+
 @dataclass
 class Domains:
     """Everything a run needs from the data: labelled A train/val, unlabelled pools, test domains."""
@@ -189,16 +198,15 @@ def load_domains(
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
     train, test = _train_test(info, data_dir, seed, notes)
-    if limit is not None:
-        train = train.subset(torch.arange(min(limit, len(train))))
     if not info.in_memory or isinstance(train, ImageFiles):
+        train = limited(train, limit, seed, notes)
         rest, carved = deterministic_split(len(train), val_fraction, seed)
         return Domains(info, spec, train.subset(rest), train.subset(carved), {"A": test}, notes=notes)
     size = image_size or info.image_size
     train, test = prepare(train, size), prepare(test, size)
     train_domains = split_domains(train, spec, name, seed=seed + 1, thresholds=thresholds)
     test_domains = split_domains(test, spec, name, seed=seed + 2, thresholds=thresholds)
-    train_a = train_domains["A"]
+    train_a = limited(train_domains["A"], limit, seed, notes)
     if len(train_a) == 0:
         raise FastmbrError(f"{name} {spec.label}: domain A of the training split is empty")
     rest, carved = deterministic_split(len(train_a), val_fraction, seed)
