@@ -188,6 +188,24 @@ def repro(
     console.print(f"written: {path}")
 
 
+@app.command()
+def export(
+    src: Path = typer.Argument(..., help="a G folder (G.json) or a run folder (config.json + best.pt)"),
+    onnx: Path = typer.Option(..., "--onnx", help="output .onnx file"),
+    opset: int = typer.Option(17),
+):
+    """Export a learned model of variation (inputs x, delta) or a trained classifier (input x) to ONNX."""
+    if (src / "G.json").exists():
+        from fastmbr.cli_model import export_command
+
+        path = export_command(src, onnx, opset)
+    else:
+        from fastmbr.engine.export import export_classifier
+
+        path = export_classifier(src, onnx, opset)
+    console.print(f"written: {path}")
+
+
 @datasets_app.callback()
 def datasets_list(ctx: typer.Context, data_dir: Optional[str] = typer.Option(None)):
     """List datasets, their shifts and where each was found."""

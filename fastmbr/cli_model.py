@@ -41,6 +41,13 @@ def _set_threads(threads: Optional[int]) -> None:
         torch.set_num_threads(threads)
 
 
+def tiny_cpu_threads(size: str, device) -> Optional[int]:
+    """One intra-op thread for the tiny preset on a CPU: its 16-channel convolutions gain at most 1.5× from a
+    second thread, while on a busy 2-core machine OpenMP's spinning threads made a step 20× slower (0.43 s → 8.6 s).
+    """
+    return 1 if size == "tiny" and device.type == "cpu" else None
+
+
 def _domains_from_dataset(dataset: str, shift: Optional[str], data_dir: Optional[Path]):
     from fastmbr.pipelines.datasets import load_domains
 
@@ -72,14 +79,16 @@ def train_command(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="resize folder images to this side"),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
     seed: int = typer.Option(0, "--seed"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch"),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="CPU threads for torch (default: 1 for --size tiny on a CPU)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Learn G: A → B from unpaired images of two domains."""
     from fastmbr.variation.munit.folders import read_folder
     from fastmbr.variation.munit.train import MunitTrainConfig, train_munit
 
-    _set_threads(threads)
+    dev = resolve_device(device)
+    _set_threads(threads if threads is not None else tiny_cpu_threads(size, dev))
     if (a_dir is None) != (b_dir is None):
         raise FastmbrError("--a-dir and --b-dir go together")
     if a_dir is not None:
@@ -94,7 +103,7 @@ def train_command(
         domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir)
     cfg = MunitTrainConfig(size=size, style_dim=style_dim, iters=iters, batch_size=batch_size, lr=lr,
                            checkpoint_every=checkpoint_every, seed=seed, source=source)
-    train_munit(domain_a, domain_b, cfg, out, resolve_device(device), progress=progress, resume=resume)
+    train_munit(domain_a, domain_b, cfg, out, dev, progress=progress, resume=resume)
     typer.echo(f"G saved to {out} (G.safetensors, G.json; samples in {out / 'samples'})")
 
 

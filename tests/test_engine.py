@@ -129,3 +129,18 @@ def test_cli_train_then_eval_end_to_end(tmp_path, capsys):
     printed = capsys.readouterr().out
     result = json.loads(printed[printed.index("{\n"):])
     assert result["A"]["top1"] == pytest.approx(metrics["test"]["A"]["top1"])
+
+
+def test_export_run_classifier_to_onnx_matches_pytorch(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    from fastmbr.engine.export import load_run_classifier
+
+    _, run_dir = train(small_config(tmp_path, algo="erm", epochs=1), progress=False)
+    main(["export", str(run_dir), "--onnx", str(tmp_path / "clf.onnx")])
+    model, size = load_run_classifier(run_dir)
+    x = torch.rand(5, 3, size, size)
+    session = ort.InferenceSession(str(tmp_path / "clf.onnx"), providers=["CPUExecutionProvider"])
+    (onnx_logits,) = session.run(None, {"x": x.numpy()})
+    np.testing.assert_allclose(onnx_logits, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)

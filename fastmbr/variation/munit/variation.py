@@ -18,6 +18,9 @@ from fastmbr.variation.base import NaturalVariation
 from fastmbr.variation.munit.networks import ContentEncoder, Decoder, MunitArch
 
 PRIORS = ("gaussian", "uniform")
+# Decoding k·B images in chunks of 64 beat one 640-image call by about 2× on 2 CPU cores (tiny, 32 px): the
+# activations of a chunk stay in cache. Accelerators prefer one call.
+CPU_DECODE_CHUNK = 64
 
 
 def sample_prior(prior: str, low: torch.Tensor, high: torch.Tensor, shape: tuple[int, ...],
@@ -80,10 +83,14 @@ class MunitVariation(NaturalVariation):
         return self.content_encoder(x * 2.0 - 1.0)
 
     def decode(self, content: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Dec_B(content, δ) in [0, 1], in chunks of ``decode_chunk`` images (all at once when None)."""
-        chunk = self.decode_chunk or content.shape[0]
-        outs = [self.decoder(c, d.to(c.dtype)) for c, d in zip(content.split(chunk), delta.split(chunk))]
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
+        """Dec_B(content, δ) in [0, 1], in chunks of ``decode_chunk`` images (None: CPU_DECODE_CHUNK on a CPU,
+        all at once on an accelerator)."""
+        delta = delta.to(content.dtype)
+        chunk = self.decode_chunk or (CPU_DECODE_CHUNK if content.device.type == "cpu" else content.shape[0])
+        if chunk >= content.shape[0]:
+            out = self.decoder(content, delta)
+        else:
+            out = torch.cat([self.decoder(c, d) for c, d in zip(content.split(chunk), delta.split(chunk))])
         return (out + 1.0) * 0.5
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
