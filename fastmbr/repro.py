@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -35,13 +37,37 @@ def load_recipe(name: str) -> dict:
     return recipe
 
 
+def learned_model_dir(root: Path, name: str) -> Path:
+    return root / "G" / name
+
+
+def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str) -> None:
+    """Train the recipe's learned models of variation (MUNIT) once; later recipes reuse the same G folder."""
+    for name, spec in recipe.get("learned_models", {}).items():
+        g_dir = learned_model_dir(root, name)
+        if (g_dir / "G.json").exists():
+            continue
+        command = [sys.executable, "-m", "fastmbr", "model", "train", spec["dataset"], "--shift", spec["shift"],
+                   "--size", spec.get("size", "tiny"), "--out", str(g_dir), "--device", device]
+        command += ["--iters", str(spec["iters"])] if "iters" in spec else []
+        command += ["--data-dir", data_dir] if data_dir else []
+        command += ["--resume"] if (g_dir / "checkpoint.pt").exists() else []
+        if subprocess.run(command).returncode != 0:
+            raise FastmbrError(f"training the learned model {name!r} failed: {' '.join(command)}")
+
+
+def resolve_models(specs: list[str], root: Path) -> list[str]:
+    """``learned:NAME`` → the recipe's G folder; other specs unchanged."""
+    return [str(learned_model_dir(root, s[len("learned:"):])) if s.startswith("learned:") else s for s in specs]
+
+
 def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | None, device: str, root: Path):
     spec = {**recipe.get("settings", {}), **(recipe.get("full", {}) if full else {}), **recipe["runs"][run]}
     cfg = preset_config(recipe["dataset"], spec["algo"], recipe.get("shift"))
     cfg.algo.k = spec.get("k", cfg.algo.k)
     cfg.algo.lam = spec.get("lambda", cfg.algo.lam)
     cfg.algo.alpha = spec.get("alpha", cfg.algo.alpha)
-    cfg.algo.models = list(spec.get("model", cfg.algo.models))
+    cfg.algo.models = resolve_models(list(spec.get("model", cfg.algo.models)), root.parent)
     cfg.optim.epochs = spec.get("epochs", cfg.optim.epochs)
     cfg.optim.warmup_epochs = spec.get("warmup_epochs", 0)
     cfg.data.image_size = spec.get("image_size", cfg.data.image_size)
@@ -56,6 +82,7 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
     from fastmbr.engine.trainer import train
 
     recipe = load_recipe(name)
+    ensure_learned_models(recipe, root, data_dir, device)
     root = root / recipe["name"]
     for seed in range(seeds or recipe.get("seeds", 3)):
         for run in recipe["runs"]:
