@@ -1,8 +1,10 @@
 """Atomic checkpoints and exact resume.
 
 A checkpoint is written to a temp file in the run folder, fsync'ed, then renamed over its final name, so a
-crash while writing leaves the previous checkpoint intact. It holds everything an exact resume needs: model,
-optimizer, scheduler, every RNG state, and the position (epoch, batch) the run will continue from.
+crash while writing leaves the previous checkpoint intact (a temp file a killed writer leaves behind is never
+listed, and ``remove_stale_temps`` clears it at the next start). It holds everything an exact resume needs:
+model, optimizer, scheduler, the position (epoch, batch) the run continues from, and every rank's RNG states
+as a list indexed by rank.
 """
 
 from __future__ import annotations
@@ -17,16 +19,21 @@ import torch
 from fastmbr.errors import FastmbrError
 
 PREFIX = "ckpt-"
+TEMP_MARK = ".tmp-"
 
 
 def atomic_write(path: Path, write) -> None:
     """``write(file_object)`` into ``path`` atomically (temp + fsync + rename + directory fsync)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -39,6 +46,15 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def rng_state_of_rank(saved: list[dict] | dict, rank: int) -> dict | None:
+    """This rank's RNG states from a checkpoint (a list indexed by rank; a single dict in older checkpoints).
+
+    None when the checkpoint was written by fewer ranks than resume it: that rank starts a fresh stream.
+    """
+    states = saved if isinstance(saved, list) else [saved]
+    return states[rank] if rank < len(states) else None
 
 
 def set_rng_state(state: dict) -> None:
@@ -65,14 +81,27 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob(f"{PREFIX}*.pt"))
 
 
-def load_latest(run_dir: Path) -> dict | None:
-    """The newest checkpoint that loads; an unreadable newest one falls back to the one before."""
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete the temp files of writers that were killed mid-write (never a finished checkpoint)."""
+    stale = [p for p in run_dir.glob(f".*{TEMP_MARK}*") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+def latest_loadable(run_dir: Path) -> tuple[Path | None, dict | None]:
+    """The newest checkpoint that loads, and its path; an unreadable newest one falls back to the one before."""
     for path in reversed(list_checkpoints(run_dir)):
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            return path, torch.load(path, map_location="cpu", weights_only=False)
         except Exception:  # noqa: BLE001 - a torn or corrupt file: try the previous checkpoint
             continue
-    return None
+    return None, None
+
+
+def load_latest(run_dir: Path) -> dict | None:
+    """The newest checkpoint that loads; an unreadable newest one falls back to the one before."""
+    return latest_loadable(run_dir)[1]
 
 
 def load_weights(path: Path) -> dict:

@@ -2,15 +2,26 @@
 
 Model selection (the weights reported on the test domains) uses A's validation split only, never B.
 Metrics stay on the device between log intervals; one host read per interval feeds the progress bar.
+
+Scale-out: under ``torchrun`` the same command runs data-parallel (DistributedDataParallel over the classifier;
+G is frozen and replicated on every rank, never wrapped). ``--batch-size`` is the GLOBAL batch: each of the
+W ranks takes ``batch/W`` samples of every global batch (the loaders' shards), optionally in ``--accumulate``
+micro-batches whose gradients are only all-reduced on the last (``no_sync``). Decisions every rank must take
+together (skip a non-finite step, stop on a signal) go through one small all-reduce per step. Validation
+and test accuracy are computed on a strided 1/W of each split per rank and the counts summed, so every rank
+holds the same numbers. Rank 0 alone writes the run folder; the per-rank parts of the state (RNG streams,
+epoch meters) are gathered into the checkpoint as lists indexed by rank, and each rank restores its own.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -18,7 +29,20 @@ from torch import nn
 from fastmbr.algorithms import build_algorithm
 from fastmbr.config import RunConfig
 from fastmbr.engine import checkpoint as ckpt
-from fastmbr.engine.distributed import DistInfo, all_reduce_sum, init_from_env
+from fastmbr.engine.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    any_rank,
+    barrier,
+    broadcast_buffers,
+    broadcast_object,
+    gather_objects,
+    init_from_env,
+    rank_seed,
+    restart_count,
+    seed_everything,
+    shutdown,
+)
 from fastmbr.engine.evaluate import accuracy
 from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, read_json, write_json
 from fastmbr.errors import FastmbrError
@@ -121,10 +145,88 @@ class EpochMeter:
         return {"loss": totals[0] / n, "acc": 100.0 * totals[1] / n, "n": int(totals[2])}
 
 
+@dataclass
+class TrainOptions:
+    """Options of ``fastmbr train`` kept beside RunConfig (saved under "options" in config.json).
+
+    accumulate: micro-batches per step on each rank; only memory changes, the update is the global batch's.
+    sync_bn: SyncBatchNorm over all ranks (CUDA only), so BatchNorm statistics are the global batch's.
+    dropout: False replaces every Dropout by the identity: runs whose math does not depend on the rank count.
+    deterministic: ``torch.use_deterministic_algorithms(True)``: bit-exact resume on CUDA too.
+    """
+
+    accumulate: int = 1
+    sync_bn: bool = False
+    dropout: bool = True
+    deterministic: bool = False
+
+    # These shape the model, so a resumed run keeps the saved values; the others may change between attempts.
+    MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("sync_bn", "dropout")
+
+    def resumed_with(self, saved: dict) -> "TrainOptions":
+        return replace(self, **{k: saved[k] for k in self.MODEL_FIELDS if k in saved})
+
+
+@dataclass(frozen=True)
+class InjectedFault:
+    """Test hook of the fault-tolerance tests: ``FASTMBR_FAULT_AT_STEP=N`` makes rank ``FASTMBR_FAULT_RANK``
+    (default: the last rank) fail as it reaches global step N (epoch·steps + batch), on a job's first attempt
+    only (``TORCHELASTIC_RESTART_COUNT`` unset or 0), so torchrun's restart gets past it.
+
+    ``FASTMBR_FAULT_SIGNAL``: ``exit`` (``os._exit(1)``, the default), ``kill`` (SIGKILL to itself: no
+    clean-up at all) or ``term`` (SIGTERM to itself: the graceful-stop path).
+    """
+
+    step: int | None = None
+    rank: int = 0
+    how: str = "exit"
+
+    @classmethod
+    def from_env(cls, dist: DistInfo) -> "InjectedFault":
+        step = os.environ.get("FASTMBR_FAULT_AT_STEP")
+        if step is None or restart_count() > 0:
+            return cls()
+        how = os.environ.get("FASTMBR_FAULT_SIGNAL", "exit").lower()
+        if how not in ("exit", "kill", "term"):
+            raise FastmbrError(f"FASTMBR_FAULT_SIGNAL must be exit, kill or term, got {how!r}")
+        return cls(int(step), int(os.environ.get("FASTMBR_FAULT_RANK", dist.world_size - 1)), how)
+
+    def maybe_fire(self, step: int, rank: int) -> None:
+        if step != self.step or rank != self.rank:
+            return
+        if self.how == "exit":
+            os._exit(1)
+        os.kill(os.getpid(), signal.SIGKILL if self.how == "kill" else signal.SIGTERM)
+
+
+def micro_batches(x: torch.Tensor, y: torch.Tensor, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return list(zip(x.chunk(n), y.chunk(n)))
+
+
+def without_dropout(module: nn.Module) -> nn.Module:
+    """Replace every Dropout layer by the identity, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.dropout._DropoutNd):
+            setattr(module, name, nn.Identity())
+        else:
+            without_dropout(child)
+    return module
+
+
+def make_deterministic(on_cuda: bool) -> None:
+    """Deterministic kernels for the whole process (cuBLAS needs its workspace setting before first use)."""
+    if on_cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool = True, console=None):
+    def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool = True, console=None,
+                 options: TrainOptions | None = None):
         self.cfg = cfg
         self.run_dir = run_dir
+        self.options = options or TrainOptions()
         self.device = resolve_device(cfg.device)
         self.dist = init_from_env(self.device)
         if self.device.type == "cuda" and self.dist.enabled:
@@ -136,18 +238,41 @@ class Trainer:
         self.log = RunLog(run_dir, enabled=self.dist.is_main)
 
     # ---- set-up -------------------------------------------------------------------------------------------
+    def check_options(self) -> None:
+        o, world, batch = self.options, self.dist.world_size, self.cfg.data.batch_size
+        if batch % world:
+            raise FastmbrError(f"--batch-size {batch} is the global batch and does not split evenly over "
+                               f"{world} processes")
+        if not 1 <= o.accumulate <= batch // world:
+            raise FastmbrError(f"--accumulate must be between 1 and the per-process batch {batch // world}, "
+                               f"got {o.accumulate}")
+        if o.sync_bn and self.dist.enabled and not self.on_cuda:
+            raise FastmbrError("--sync-bn needs CUDA: SyncBatchNorm has no CPU implementation")
+
+    def per_rank_batch(self) -> int:
+        """``--batch-size`` is the global batch; each rank takes an equal share of every global batch."""
+        return self.cfg.data.batch_size // self.dist.world_size
+
     def load_data(self) -> Domains:
         d = self.cfg.data
         return load_domains(d.dataset, d.shift, d.data_dir, image_size=d.image_size, seed=self.cfg.seed,
                             val_fraction=d.val_fraction, limit=d.limit)
 
+    def rank_share(self, data):
+        """This rank's strided 1/W of an evaluation split (the whole split in one process)."""
+        if not self.dist.enabled:
+            return data
+        return data.subset(torch.arange(self.dist.rank, len(data), self.dist.world_size))
+
     def loader(self, data, train: bool):
+        """Training: this rank's shard of every global batch. Evaluation: this rank's share of the split."""
         d = self.cfg.data
         size = d.image_size or self.domains.info.image_size
-        return build_loader(data, LoaderConfig(
-            batch_size=d.batch_size if train else d.eval_batch_size, shuffle=train, drop_last=False,
+        shards = (self.dist.world_size, self.dist.rank) if train else (1, 0)
+        return build_loader(data if train else self.rank_share(data), LoaderConfig(
+            batch_size=self.per_rank_batch() if train else d.eval_batch_size, shuffle=train, drop_last=False,
             augment=d.augment if train else "none", image_size=size, device=self.device, seed=self.cfg.seed,
-            num_shards=self.dist.world_size, shard_id=self.dist.rank, num_workers=d.num_workers,
+            num_shards=shards[0], shard_id=shards[1], num_workers=d.num_workers,
             channels_last=self.channels_last, backend=d.loader,
         ))
 
@@ -156,14 +281,30 @@ class Trainer:
         mean, std = channel_stats(train.images) if isinstance(train, LabeledImages) else (IMAGENET_MEAN, IMAGENET_STD)
         size = self.cfg.data.image_size or self.domains.info.image_size
         model = build_classifier(self.cfg.arch, self.domains.num_classes, len(mean), size, mean, std)
+        if not self.options.dropout:
+            model = without_dropout(model)
+        if self.options.sync_bn and self.dist.enabled:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return model
 
+    def wrap_for_steps(self, model: nn.Module) -> nn.Module:
+        """The module training steps call: compiled (CUDA default) and, under torchrun, DDP around it."""
+        cfg = self.cfg
+        if cfg.compile if cfg.compile is not None else self.on_cuda:
+            model = torch.compile(model)
+        if self.dist.enabled:
+            model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.on_cuda else None)
+        return model
+
     def setup(self):
         cfg = self.cfg
-        torch.manual_seed(cfg.seed * 1000 + self.dist.rank)
+        self.check_options()
+        if self.options.deterministic:
+            make_deterministic(self.on_cuda)
+        seed_everything(cfg.seed)  # the same initial weights on every rank (DDP would broadcast rank 0's anyway)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else self.on_cuda
         self.domains = self.load_data()
         for note in self.domains.notes:
@@ -171,7 +312,7 @@ class Trainer:
         self.model = self.build_model()
         self.G = variation_from_specs(cfg.algo.models)
         if self.G is not None:
-            self.G = freeze(self.G).to(self.device)
+            self.G = freeze(self.G).to(self.device)  # replicated on every rank, frozen: never wrapped in DDP
         options = {"alpha": cfg.algo.alpha} if cfg.algo.alpha is not None and cfg.algo.name in ("mat", "pgd") else {}
         self.algo = build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam, **options)
         self.algo.check_variation(self.G)
@@ -179,34 +320,36 @@ class Trainer:
         self.train_loader = self.loader(self.domains.train, train=True)
         self.optimizer = build_optimizer(cfg, self.model.parameters(), self.device)
         self.scheduler = build_scheduler(cfg, self.optimizer, cfg.optim.epochs * len(self.train_loader))
-        self.step_model = self.model
-        if cfg.compile if cfg.compile is not None else self.on_cuda:
-            self.step_model = torch.compile(self.model)
-        if self.dist.enabled:
-            self.step_model = nn.parallel.DistributedDataParallel(
-                self.step_model, device_ids=[self.device.index] if self.on_cuda else None
-            )
+        self.step_model = self.wrap_for_steps(self.model)
         self.meter = EpochMeter(self.device)
         self.history: list[dict] = []
         self.best = {"top1": -1.0, "epoch": -1}
         self.position = (0, 0)
         self.nonfinite_total = 0
         self.images_seen, self.train_seconds = 0, 0.0
+        self.fault = InjectedFault.from_env(self.dist)
+        seed_everything(rank_seed(cfg.seed, self.dist.rank))  # per-rank streams: dropout masks, δ draws
 
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def state(self, epoch: int, batch: int) -> dict:
+        """The checkpoint. A collective under torchrun: every rank's RNG states and epoch sums are gathered."""
+        per_rank = gather_objects({"rng": ckpt.rng_state(), "meter": self.meter.state()}, self.dist)
         return {
-            "epoch": epoch, "batch": batch, "config": self.cfg.to_dict(),
+            "epoch": epoch, "batch": batch, "config": self.cfg.to_dict(), "options": asdict(self.options),
+            "world_size": self.dist.world_size,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "rng": ckpt.rng_state(), "meter": self.meter.state(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": [r["rng"] for r in per_rank], "meter": [r["meter"] for r in per_rank],
             "history": self.history, "best": self.best, "nonfinite_total": self.nonfinite_total,
             "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "num_classes": self.domains.num_classes, "delta_dim": self.G.delta_dim if self.G is not None else None,
         }
 
     def save(self, epoch: int, batch: int) -> None:
+        """Every rank calls this at the same step; rank 0 alone writes."""
+        state = self.state(epoch, batch)
         if self.dist.is_main:
-            ckpt.save_checkpoint(self.run_dir, self.state(epoch, batch), self.cfg.keep_checkpoints)
+            ckpt.save_checkpoint(self.run_dir, state, self.cfg.keep_checkpoints)
 
     def restore(self, state: dict) -> None:
         if state["num_classes"] != self.domains.num_classes:
@@ -219,28 +362,65 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        ckpt.set_rng_state(state["rng"])
-        self.meter.load(state["meter"])
+        self.restore_rank_parts(state)
         self.history, self.best = state["history"], state["best"]
         self.nonfinite_total = state["nonfinite_total"]
         self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
         self.position = (state["epoch"], state["batch"])
 
+    def restore_rank_parts(self, state: dict) -> None:
+        """This rank's RNG states and epoch sums; a rank the checkpoint did not have starts fresh ones."""
+        rng = ckpt.rng_state_of_rank(state["rng"], self.dist.rank)
+        meters = state["meter"] if isinstance(state["meter"], list) else [state["meter"]]
+        if rng is not None:
+            ckpt.set_rng_state(rng)
+        if self.dist.rank < len(meters):
+            self.meter.load(meters[self.dist.rank])
+        saved_world = state.get("world_size", 1)
+        if saved_world != self.dist.world_size:
+            self.log(f"checkpoint written by {saved_world} process(es), resumed on {self.dist.world_size}: "
+                     f"the run continues, but not bit-identically to an uninterrupted one")
+
     # ---- the loop -------------------------------------------------------------------------------------------
-    def train_step(self, algo, x: torch.Tensor, y: torch.Tensor) -> bool:
-        """One optimisation step; False (and no update) when the loss is not finite."""
-        amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
-        with amp:
-            out = algo.loss(self.step_model, self.G, x, y)
-        loss = out["loss"]
-        if not bool(torch.isfinite(loss)):
-            return False
+    def amp(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
+
+    def gradient_sync(self, last: bool):
+        """DDP all-reduces gradients on the last micro-batch only; the others accumulate locally (no_sync)."""
+        if self.dist.enabled and not last:
+            return self.step_model.no_sync()
+        return nullcontext()
+
+    def train_step(self, algo, x: torch.Tensor, y: torch.Tensor, stop: dict) -> tuple[bool, bool]:
+        """One optimisation step over this rank's share of the global batch, in ``accumulate`` micro-batches.
+
+        Returns (stepped, stop_now), both agreed by every rank through one small all-reduce: a non-finite loss
+        on any rank skips the update everywhere (no optimizer or scheduler step), and a signal received by any
+        rank stops them all after this step. The gradients are computed even for a non-finite loss, because
+        DDP's gradient all-reduce needs every rank and no rank knows the others' losses before it.
+        """
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = micro_batches(x, y, self.options.accumulate)
+        results = []
+        for i, (xm, ym) in enumerate(parts):
+            with self.gradient_sync(last=i == len(parts) - 1):
+                with self.amp():
+                    out = algo.loss(self.step_model, self.G, xm, ym)
+                loss = out["loss"]
+                (loss if len(parts) == 1 else loss * (ym.shape[0] / y.shape[0])).backward()
+            results.append((loss.detach(), out["logits"], ym))
+        losses = torch.stack([r[0].float() for r in results])
+        flags = torch.stack([(~torch.isfinite(losses)).any().float(),
+                             torch.tensor(float(bool(stop.get("signal"))), device=losses.device)])
+        skip, stop_now = any_rank(flags, self.dist)
+        if skip:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False, stop_now
         self.optimizer.step()
         self.scheduler.step()
-        self.meter.add(loss, out["logits"], y)
-        return True
+        for loss, logits, ym in results:
+            self.meter.add(loss, logits, ym)
+        return True, stop_now
 
     def check_nonfinite(self, in_a_row: int, epoch: int, batch: int) -> None:
         if in_a_row > self.cfg.max_nonfinite:
@@ -249,14 +429,25 @@ class Trainer:
                 f"The last good checkpoint in {self.run_dir} is intact; try a lower --lr"
             )
 
+    def log_interval(self, epoch: int, done: int, bar) -> None:
+        """One host read of the (all-reduced) epoch sums: the progress bar and a train.log line."""
+        stats = self.meter.read(self.dist)
+        images_per_s = self.images_seen / max(self.train_seconds, 1e-9)
+        bar.update(done, stats, images_per_s)
+        self.log(f"epoch {epoch + 1} batch {done}/{len(self.train_loader)}: loss {stats['loss']:.9g} "
+                 f"train top-1 {stats['acc']:.2f} {images_per_s:.1f} img/s")
+
     def run_epoch(self, epoch: int, start_batch: int, stop: dict, bar) -> bool:
-        """Train one epoch from ``start_batch``; returns False when a signal asked the run to stop."""
+        """Train one epoch from ``start_batch``; returns False when a signal (to any rank) asked the run to stop."""
         algo = self.warmup if epoch < self.cfg.optim.warmup_epochs else self.algo
         self.model.train()
         self.train_loader.set_epoch(epoch, start_batch)
+        steps = len(self.train_loader)
         in_a_row, tick = 0, time.perf_counter()
         for batch, (x, y) in enumerate(self.train_loader, start=start_batch):
-            if self.train_step(algo, x, y):
+            self.fault.maybe_fire(epoch * steps + batch, self.dist.rank)
+            stepped, stop_now = self.train_step(algo, x, y, stop)
+            if stepped:
                 in_a_row = 0
             else:
                 in_a_row += 1
@@ -265,29 +456,43 @@ class Trainer:
                 self.check_nonfinite(in_a_row, epoch, batch)
             self.images_seen += y.shape[0] * self.dist.world_size
             done = batch + 1
-            if done % self.cfg.log_every == 0 or done == len(self.train_loader):
+            if done % self.cfg.log_every == 0 or done == steps:
                 now = time.perf_counter()
                 self.train_seconds += now - tick
                 tick = now
-                bar.update(done, self.meter.read(self.dist), self.images_seen / max(self.train_seconds, 1e-9))
-            if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0 and done < len(self.train_loader):
+                self.log_interval(epoch, done, bar)
+            if stop_now:
+                stop.setdefault("signal", signal.SIGTERM)  # the ranks that did not receive it stop as if they had
                 self.save(epoch, done)
-            if stop.get("signal"):
-                self.save(epoch, done)
+                barrier(self.dist)  # no rank exits (and makes torchrun SIGTERM the rest) before rank 0 has written
                 self.log(f"signal {stop['signal']}: checkpoint written at epoch {epoch + 1} batch {done}; exiting")
                 return False
+            if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0 and done < steps:
+                self.save(epoch, done)
         self.train_seconds += time.perf_counter() - tick
         return True
 
+    def evaluate(self, data) -> dict:
+        """Top-1/top-5 over a whole split: each rank scores its strided share, the counts are summed."""
+        r = accuracy(self.model, self.loader(data, train=False), self.device, self.autocast)
+        counts = [round(r["top1"] * r["n"] / 100), round(r["top5"] * r["n"] / 100), r["n"]] if r["n"] else [0, 0, 0]
+        top1, top5, n = all_reduce_sum(torch.tensor(counts, dtype=torch.float64, device=self.device),
+                                       self.dist).tolist()
+        if n == 0:
+            return {"top1": float("nan"), "top5": float("nan"), "n": 0}
+        return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "n": int(n)}
+
     def end_epoch(self, epoch: int) -> dict:
         train = self.meter.read(self.dist)
-        val = accuracy(self.model, self.loader(self.domains.val, train=False), self.device, self.autocast)
+        broadcast_buffers(self.model, self.dist)
+        val = self.evaluate(self.domains.val)
         record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": train["acc"], "val": val,
                   "lr": self.optimizer.param_groups[0]["lr"]}
         self.history.append(record)
-        if val["top1"] > self.best["top1"] and self.dist.is_main:
+        if val["top1"] > self.best["top1"]:
             self.best = {"top1": val["top1"], "epoch": epoch + 1}
-            ckpt.atomic_write(self.run_dir / "best.pt", lambda f: torch.save(self.model.state_dict(), f))
+            if self.dist.is_main:
+                ckpt.atomic_write(self.run_dir / "best.pt", lambda f: torch.save(self.model.state_dict(), f))
         self.meter.reset()
         self.log(f"epoch {epoch + 1}: loss {train['loss']:.4f} train top-1 {train['acc']:.2f} "
                  f"val top-1 {val['top1']:.2f}")
@@ -297,7 +502,8 @@ class Trainer:
         self.setup()
         if resume_state is not None:
             self.restore(resume_state)
-            self.log(f"resumed at epoch {self.position[0] + 1} batch {self.position[1]}")
+            self.log(f"resumed at epoch {self.position[0] + 1} batch {self.position[1]} on "
+                     f"{self.dist.world_size} process(es) (restart {restart_count()})")
         start_epoch, start_batch = self.position
         with stop_on_signals({}) as stop, ProgressBar(self.progress, self.cfg, len(self.train_loader)) as bar:
             for epoch in range(start_epoch, self.cfg.optim.epochs):
@@ -310,17 +516,19 @@ class Trainer:
         return self.finish()
 
     def finish(self) -> dict:
+        barrier(self.dist)  # rank 0 wrote best.pt; every rank reads it
         if (self.run_dir / "best.pt").exists():
             self.model.load_state_dict(torch.load(self.run_dir / "best.pt", map_location=self.device))
-        test = {name: accuracy(self.model, self.loader(data, train=False), self.device, self.autocast)
-                for name, data in self.domains.test.items()}
+        test = {name: self.evaluate(data) for name, data in self.domains.test.items()}
         metrics = {
             "dataset": self.cfg.data.dataset, "shift": self.domains.shift.label, "algorithm": self.cfg.algo.name,
             "test": test, "val": self.history[-1]["val"] if self.history else {},
             "selection": f"best top-1 on A's validation split (epoch {self.best['epoch']})",
             "epochs": self.history, "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds, "nonfinite_skipped": self.nonfinite_total,
-            "device": str(self.device), "counts": self.domains.counts(), "commit": git_sha(),
+            "device": str(self.device), "world_size": self.dist.world_size,
+            "global_batch": self.cfg.data.batch_size, "options": asdict(self.options),
+            "counts": self.domains.counts(), "commit": git_sha() if self.dist.is_main else None,
         }
         if self.dist.is_main:
             write_json(self.run_dir / "metrics.json", metrics)
@@ -358,29 +566,82 @@ class ProgressBar:
                                  stats=f"loss {stats['loss']:.3f} acc {stats['acc']:.1f}% {images_per_s:,.0f} img/s")
 
 
-def prepare_run_dir(cfg: RunConfig, resume: bool) -> tuple[RunConfig, Path, dict | None]:
-    """Create or reopen the run folder; never overwrite a run that exists unless resuming it."""
+@dataclass
+class OpenedRun:
+    """What rank 0 found or made in the run folder; every rank receives it."""
+
+    cfg: RunConfig
+    options: TrainOptions
+    run_dir: Path
+    checkpoint: Path | None = None
+    reopened: bool = False
+
+
+def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions) -> tuple[OpenedRun, dict | None]:
+    """Create or reopen the run folder (rank 0 only); never overwrite a run that exists unless resuming it.
+
+    Returns the run and the newest checkpoint that loads (None for a new run or one without checkpoints)."""
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.data.dataset, cfg.algo.name)
     config_path = run_dir / "config.json"
+    if resume == "auto":
+        resume = config_path.exists()
     if resume:
         if not config_path.exists():
             raise FastmbrError(f"--resume: {run_dir} holds no run (no config.json)")
-        saved = RunConfig.from_dict(read_json(config_path))
+        saved_json = read_json(config_path)
+        saved = RunConfig.from_dict(saved_json)
         saved.optim.epochs = max(saved.optim.epochs, cfg.optim.epochs) if cfg.optim.epochs else saved.optim.epochs
         saved.device = cfg.device
-        return saved, run_dir, ckpt.load_latest(run_dir)
+        ckpt.remove_stale_temps(run_dir)
+        path, state = ckpt.latest_loadable(run_dir)
+        return OpenedRun(saved, options.resumed_with(saved_json.get("options", {})), run_dir, path, True), state
     if config_path.exists():
         raise FastmbrError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, {**cfg.to_dict(), "commit": git_sha()})
-    return cfg, run_dir, None
+    write_json(config_path, {**cfg.to_dict(), "options": asdict(options), "commit": git_sha()})
+    return OpenedRun(cfg, options, run_dir), None
 
 
-def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> tuple[dict, Path]:
-    """Run (or resume) one training run; returns its metrics and run folder."""
-    cfg, run_dir, state = prepare_run_dir(cfg, resume)
-    trainer = Trainer(cfg, run_dir, progress=progress)
-    return trainer.fit(state), run_dir
+def open_run(cfg: RunConfig, resume: bool | str, options: TrainOptions,
+             dist: DistInfo) -> tuple[OpenedRun, dict | None]:
+    """Rank 0 opens the folder and picks the checkpoint; every rank gets the same answer (or the same error)
+    and then loads that same file: the broadcast is the barrier between rank 0's writes and the others' reads."""
+    answer, state = None, None
+    if dist.is_main:
+        try:
+            answer, state = open_run_folder(cfg, resume, options)
+        except FastmbrError as exc:
+            answer = str(exc)
+    answer = broadcast_object(answer, dist)
+    if isinstance(answer, str):
+        raise FastmbrError(answer)
+    if not dist.is_main and answer.checkpoint is not None:
+        state = torch.load(answer.checkpoint, map_location="cpu", weights_only=False)
+    return answer, state
+
+
+def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
+          options: TrainOptions | None = None) -> tuple[dict, Path]:
+    """Run (or resume) one training run, in one process or under torchrun; returns its metrics and run folder.
+
+    ``resume``: False starts a new run folder (and refuses one that holds a run); True continues the run in
+    ``cfg.out`` from its newest loadable checkpoint (from scratch if it has none yet); ``"auto"`` does the
+    latter when ``cfg.out`` holds a run and the former otherwise, so one command line serves the first start
+    and every restart (``torchrun --max-restarts``, a requeued Slurm job).
+    """
+    options = options or TrainOptions()
+    dist = init_from_env(resolve_device(cfg.device))
+    try:
+        opened, state = open_run(cfg, resume, options, dist)
+        trainer = Trainer(opened.cfg, opened.run_dir, progress=progress, options=opened.options)
+        if opened.reopened and state is None:
+            trainer.log("resumed a run folder without a checkpoint: starting from scratch")
+        metrics = trainer.fit(state)
+    except (FastmbrError, SystemExit):  # decisions every rank took together: leave the group cleanly
+        shutdown(dist)
+        raise
+    shutdown(dist)
+    return metrics, opened.run_dir
 
 
 def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir: str | None,
@@ -403,4 +664,3 @@ def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir
         raise FastmbrError(f"{run_dir}/best.pt does not fit {data.dataset}: class count or image size differs") from None
     return {name: accuracy(trainer.model, trainer.loader(d, train=False), trainer.device)
             for name, d in trainer.domains.test.items()}
-
