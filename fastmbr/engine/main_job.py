@@ -15,7 +15,6 @@ def run_main_job(data_dir: str | None, epochs: int, out: Path, device: str, seed
         cfg.data.data_dir = data_dir
         cfg.optim.epochs = epochs
         cfg.device, cfg.seed = device, seed
-        cfg.channels_last = True  # 2-3× faster convolutions on CPU too (bench: classifier step)
         cfg.out = str(_fresh(out / algo))
         if console is not None:
             console.print(f"[bold]{algo.upper()}{'-' + str(cfg.algo.k or 10) if algo == 'mrt' else ''}[/bold] "

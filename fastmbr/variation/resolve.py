@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from fastmbr.errors import FastmbrError
 from fastmbr.variation.base import NaturalVariation, build_variation
 from fastmbr.variation.compose import ComposedVariation
@@ -32,4 +34,14 @@ def freeze(G: NaturalVariation) -> NaturalVariation:
     """G is fixed while classifiers train: eval mode, no parameter gradients (still differentiable in δ)."""
     G.eval()
     G.requires_grad_(False)
+    return G
+
+
+def compile_variation(G: NaturalVariation) -> NaturalVariation:
+    """torch.compile the heavy parts of learned models (encoder, decoder); known models are cheap elementwise ops."""
+    for module in G.modules():
+        for part in ("content_encoder", "decoder"):
+            inner = getattr(module, part, None)
+            if isinstance(inner, torch.nn.Module) and not hasattr(inner, "_orig_mod"):
+                setattr(module, part, torch.compile(inner))
     return G
