@@ -42,7 +42,7 @@ def test_mnist_background_colour_domains():
     d = load_domains("mnist", "background-color", DATA, limit=6000)
     assert (len(d.train), len(d.val)) == (5400, 600)
     assert len(d.test["A"]) == len(d.test["B"]) == 10000
-    assert len(d.unlabeled["A"]) == len(d.unlabeled["B"]) == 3000
+    assert len(d.unlabeled["A"]) == len(d.unlabeled["B"]) == 30000  # --limit cuts labelled A only
     corner_a = d.test["A"].images[:, :, 0, 0].float()  # MNIST corners are background
     corner_b = d.test["B"].images[:, :, 0, 0].float()
     assert (corner_a[:, 2] > corner_a[:, 0]).all() and (corner_b[:, 0] > corner_b[:, 2]).all()
