@@ -11,7 +11,7 @@ import torch
 from fastmbr.errors import FastmbrError
 from fastmbr.pipelines.datasets import load_domains
 
-DATA = Path(os.environ.get("FASTMBR_DATA", "/work/shared/data"))
+from conftest import REAL_DATA as DATA  # noqa: E402
 
 
 @pytest.fixture(scope="module")

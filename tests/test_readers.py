@@ -15,7 +15,7 @@ from PIL import Image
 from fastmbr.errors import FastmbrError
 from fastmbr.pipelines.readers import cure_tsr, imagefolder, svhn, usps
 
-DATA = Path(os.environ.get("FASTMBR_DATA", "/work/shared/data"))
+from conftest import REAL_DATA as DATA  # noqa: E402
 
 
 def one_line(err) -> str:
