@@ -79,7 +79,7 @@ def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list
                        ("cpu" if device == "auto" else device))
     on_gpu = dev.type == "cuda"
     setup = BenchSetup(
-        device=dev, size=size or ("base" if on_gpu and not quick else "tiny"),
+        device=dev, size=size or ("base" if on_gpu and not quick else "reference-tiny"),
         image_size=image_size or (224 if on_gpu and not quick else 32), batch=batch or (32 if on_gpu else 32),
         arch=arch or ("resnet50" if on_gpu and not quick else "cnn"),
         repeats=1 if quick else 5, rounds=3, compile=compile,
@@ -99,7 +99,8 @@ def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list
     print_table(results, console, payload["device"])
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in payload["device"].lower()).strip("-")[:40]
-    path = out_dir / f"{slug}-{dt.date.today().isoformat()}.json"
+    mode = ("-quick" if quick else "") + ("-compile" if compile else "")
+    path = out_dir / f"{slug}-{dt.date.today().isoformat()}{mode}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     console.print(f"written: {path}")
     return path

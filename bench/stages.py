@@ -15,14 +15,14 @@ from torch import nn
 from fastmbr.algorithms import build_algorithm
 from fastmbr.bench.reference import REFERENCE_LOSSES, reference_generate
 from fastmbr.models import build_classifier
-from fastmbr.variation.munit.networks import Generator, arch_preset
+from fastmbr.variation.munit.networks import Generator, MunitArch, arch_preset
 from fastmbr.variation.munit.variation import MunitVariation
 
 
 @dataclass
 class BenchSetup:
     device: torch.device
-    size: str = "tiny"  # MUNIT preset
+    size: str = "reference-tiny"  # MUNIT preset: tiny | base | reference-tiny (the reference code's small MUNIT)
     image_size: int = 32
     batch: int = 64
     arch: str = "cnn"
@@ -57,10 +57,20 @@ def side_by_side(paths: dict, device: torch.device, repeats: int, rounds: int, w
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+# The reference code's small MUNIT (dim 64, one downsampling, one residual block, style dim 2), as profiled in
+# the fast-path issue: both paths run THIS architecture in the CPU comparison, so only the work per step differs.
+REFERENCE_TINY = MunitArch(channels=3, style_dim=2, dim=64, n_downsample=1, n_res=1, mlp_dim=256,
+                           first_kernel=7, up_kernel=5, style_downsample=4)
+
+
+def bench_arch(size: str) -> MunitArch:
+    return REFERENCE_TINY if size == "reference-tiny" else arch_preset(size)
+
+
 def make_generator(setup: BenchSetup) -> tuple[Generator, MunitVariation]:
     """A randomly initialised MUNIT and the MunitVariation sharing its weights (speed does not need training)."""
     torch.manual_seed(0)
-    arch = arch_preset(setup.size)
+    arch = bench_arch(setup.size)
     gen = Generator(arch).to(setup.device).eval().requires_grad_(False)
     G = MunitVariation(arch, setup.image_size).to(setup.device)
     G.content_encoder.load_state_dict(gen.content.state_dict())
@@ -119,7 +129,9 @@ def bench_full_step(setup: BenchSetup, algo_name: str, k: int) -> dict:
     fast_model = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
     ref_model = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
     ref_model.load_state_dict(fast_model.state_dict())
+    fast_model = fast_model.to(memory_format=torch.channels_last)  # the engine's default layout
     fast_opt = torch.optim.Adadelta(fast_model.parameters())
+    fast_step_model = torch.compile(fast_model) if setup.compile else fast_model
     ref_opt = torch.optim.Adadelta(ref_model.parameters())
     algo = build_algorithm(algo_name, k=k)
     x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
@@ -132,7 +144,7 @@ def bench_full_step(setup: BenchSetup, algo_name: str, k: int) -> dict:
 
     paths = {
         "reference": lambda: step(ref_model, ref_opt, lambda: REFERENCE_LOSSES[algo_name](ref_model, gen, x, y, k)),
-        "fastmbr": lambda: step(fast_model, fast_opt, lambda: algo.loss(fast_model, G, x, y)["loss"]),
+        "fastmbr": lambda: step(fast_model, fast_opt, lambda: algo.loss(fast_step_model, G, x, y)["loss"]),
     }
     t = side_by_side(paths, setup.device, setup.repeats, setup.rounds)
     return {"case": f"{algo_name.upper()}-{k} full step ({setup.arch}, MUNIT {setup.size}, {setup.image_size}px)",
