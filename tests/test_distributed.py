@@ -14,7 +14,6 @@ first under DDP's ``no_sync``, so gradient accumulation is held to the same equa
 """
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 import torch
 
 from fastmbr.engine import checkpoint as ckpt
+from processes import assert_bit_identical, run_single, succeeded, worker_env
 
 TOLERANCE = 1e-5
 STEPS_PER_EPOCH = 18  # 576 training images (limit 640 less the validation split) / global batch 32
@@ -34,27 +34,11 @@ ARGS = ["train", "mnist", "--algo", "erm", "--limit", "640", "--batch-size", "32
 TWO_PROCESS_ARGS = ARGS + ["--accumulate", "2"]
 
 
-def worker_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTMBR_FAULT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def run_single(args, env=None, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastmbr", *args], env=env or worker_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def run_torchrun(args, env=None, max_restarts=0, timeout=300) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "--max-restarts", str(max_restarts), "-m", "fastmbr"]
     return subprocess.run([*launcher, *args], env=env or worker_env(), capture_output=True, text=True,
                           timeout=timeout)
-
-
-def succeeded(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
 
 
 def worker_exit_codes(proc: subprocess.CompletedProcess) -> list[int]:
@@ -90,11 +74,6 @@ def final_weights(run_dir) -> dict[str, torch.Tensor]:
 def max_abs_difference(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
-
-
-def assert_bit_identical(a: dict, b: dict) -> None:
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name}: max |diff| {max_abs_difference(a, b)}"
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ but at a step the test knows, so no test races the training loop.
 """
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -21,36 +20,15 @@ from fastmbr.config import preset_config
 from fastmbr.engine import checkpoint as ckpt
 from fastmbr.engine.trainer import TrainOptions, open_run_folder
 from fastmbr.errors import FastmbrError
+from processes import assert_bit_identical, run_single, succeeded, worker_env
 
 ARGS = ["train", "mnist", "--algo", "erm", "--limit", "640", "--batch-size", "32", "--epochs", "2",
         "--image-size", "16", "--optimizer", "sgd", "--lr", "0.01", "--deterministic", "--checkpoint-every", "4",
         "--keep-checkpoints", "100", "--device", "cpu", "--no-progress"]
 
 
-def worker_env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTMBR_FAULT")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def run_single(args, env=None, timeout=240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fastmbr", *args], env=env or worker_env(), capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def succeeded(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    return proc
-
-
 def final_weights(run_dir) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / ckpt.checkpoint_name(2, 0), map_location="cpu", weights_only=False)["model"]
-
-
-def assert_bit_identical(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), f"{name}: max |diff| {(a[name] - b[name]).abs().max().item()}"
 
 
 @pytest.fixture(scope="module")
