@@ -6,6 +6,7 @@ shift, and carves a validation split out of domain A's training data, so model s
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -123,7 +124,7 @@ def prepare(data: LabeledImages, size: int, channels: int = 3) -> LabeledImages:
             for c in images.split(4096)
         ]
         images = torch.cat(chunks)
-    return LabeledImages(images.contiguous(), data.labels, data.classes, data.source)
+    return dataclasses.replace(data, images=images.contiguous())  # keeps subclass fields (CURE-TSR challenges)
 
 
 def deterministic_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

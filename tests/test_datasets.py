@@ -74,3 +74,16 @@ def test_missing_data_folders_are_errors(tmp_path):
         load_domains("gtsrb", "brightness", tmp_path / "absent")
     with pytest.raises(FastmbrError, match="'gtsrb' not found"):
         load_domains("gtsrb", "brightness", tmp_path)
+
+
+def test_prepare_keeps_cure_tsr_challenge_fields():
+    import torch
+
+    from fastmbr.pipelines.datasets import prepare
+    from fastmbr.pipelines.readers.cure_tsr import CureTsrImages
+
+    data = CureTsrImages(torch.randint(0, 255, (3, 3, 20, 20), dtype=torch.uint8), torch.tensor([0, 1, 2]),
+                         ["a", "b", "c"], "gen", torch.tensor([0, 11, 12]), torch.tensor([0, 3, 5]))
+    out = prepare(data, 32)
+    assert isinstance(out, CureTsrImages) and out.images.shape == (3, 3, 32, 32)
+    assert out.challenge_levels.tolist() == [0, 3, 5] and out.challenge_types.tolist() == [0, 11, 12]
