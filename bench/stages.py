@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from fastmbr.algorithms import build_algorithm
+from fastmbr.bench.kernels import seconds_per_call
 from fastmbr.bench.reference import REFERENCE_LOSSES, reference_generate
 from fastmbr.models import build_classifier
 from fastmbr.variation.munit.networks import Generator, MunitArch, arch_preset
@@ -36,15 +37,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds(fn, device: torch.device, repeats: int) -> float:
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync(device)
-    return (time.perf_counter() - start) / repeats
-
-
 def side_by_side(paths: dict, device: torch.device, repeats: int, rounds: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds per call of each path, the paths interleaved round by round."""
     for fn in paths.values():
@@ -53,7 +45,7 @@ def side_by_side(paths: dict, device: torch.device, repeats: int, rounds: int, w
     times = {name: [] for name in paths}
     for _ in range(rounds):
         for name, fn in paths.items():
-            times[name].append(seconds(fn, device, repeats))
+            times[name].append(seconds_per_call(fn, device, repeats, warmup=0))
     return {name: statistics.median(t) for name, t in times.items()}
 
 
