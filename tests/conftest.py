@@ -22,3 +22,13 @@ def _embedded_data_unless_asked(monkeypatch):
     monkeypatch.delenv("FASTMBR_DATA", raising=False)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks gain nothing from intra-op threads, and on a busy 2-core runner OpenMP's spinning
+    threads can slow them down tenfold; the previous setting is restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

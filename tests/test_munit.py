@@ -19,14 +19,7 @@ from fastmbr.variation.munit.train import MunitTrainer, to_signed
 SIZE = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These tiny networks gain nothing from intra-op threads, and on a busy 2-core runner OpenMP's spinning
-    threads can slow them down tenfold; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_g(prior: str = "gaussian", decode_chunk: int | None = None, seed: int = 0) -> MunitVariation:

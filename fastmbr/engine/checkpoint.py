@@ -9,7 +9,6 @@ as a list indexed by rank.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -17,28 +16,9 @@ import numpy as np
 import torch
 
 from fastmbr.errors import FastmbrError
+from fastmbr.fileio import TEMP_MARK, atomic_write  # noqa: F401  (re-exported: ckpt.atomic_write)
 
 PREFIX = "ckpt-"
-TEMP_MARK = ".tmp-"
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(file_object)`` into ``path`` atomically (temp + fsync + rename + directory fsync)."""
-    tmp = path.with_name(f".{path.name}{TEMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def rng_state() -> dict:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from fastmbr.errors import FastmbrError
+from fastmbr.fileio import atomic_write
 from fastmbr.variation.munit.networks import MunitArch
 from fastmbr.variation.munit.variation import MunitVariation, inference_modules
 
@@ -32,22 +31,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write(path: Path, write) -> None:
-    """``write(tmp_path)`` then fsync and ``os.replace``: a reader never sees a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_variation(g: MunitVariation, g_dir: str | Path, size: str, training: dict | None = None) -> Path:
     """Write G.safetensors then G.json (with the weights' sha256) into g_dir; returns g_dir."""
     g_dir = Path(g_dir)
@@ -56,7 +39,7 @@ def save_variation(g: MunitVariation, g_dir: str | Path, size: str, training: di
         for prefix, module in inference_modules(g).items()
         for name, t in module.state_dict().items()
     }
-    atomic_write(g_dir / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={"format": FORMAT}))
+    atomic_write(g_dir / WEIGHTS, lambda f: f.write(save(tensors, metadata={"format": FORMAT})))
     meta = {
         "format": FORMAT,
         "architecture": "munit",
@@ -71,7 +54,7 @@ def save_variation(g: MunitVariation, g_dir: str | Path, size: str, training: di
         "training": training or {},
         "sha256": sha256_file(g_dir / WEIGHTS),
     }
-    atomic_write(g_dir / META, lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(g_dir / META, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return g_dir
 
 
@@ -117,7 +100,7 @@ def load_variation(g_dir: str | Path, device: str | torch.device = "cpu", decode
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    atomic_write(Path(path), lambda p: torch.save(state, p))
+    atomic_write(Path(path), lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path) -> dict:

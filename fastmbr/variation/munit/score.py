@@ -15,14 +15,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier
 from fastmbr.pipelines.datasets import Domains
 from fastmbr.variation.base import NaturalVariation
-from fastmbr.variation.munit.io import atomic_write
+from fastmbr.fileio import atomic_write
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def _cached(cache_dir: Path | None, name: str, train, num_classes: int, shape, d
     model = train()
     if path is not None:
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        atomic_write(path, lambda p: save_file(state, str(p)))
+        atomic_write(path, lambda f: f.write(save(state)))
     return model
 
 
