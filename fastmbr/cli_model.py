@@ -70,6 +70,8 @@ def train_command(
     out: Path = typer.Option(..., "--out", help="G_DIR to write G, checkpoints and sample grids into"),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: the size preset's)"),
+    lr_step: Optional[int] = typer.Option(None, "--lr-step",
+                                          help="halve the lr every N iterations (default: the size preset's)"),
     style_dim: int = typer.Option(8, "--style-dim", help="q, the dimension of δ"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
@@ -102,7 +104,7 @@ def train_command(
     else:
         domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir)
     cfg = MunitTrainConfig(size=size, style_dim=style_dim, iters=iters, batch_size=batch_size, lr=lr,
-                           checkpoint_every=checkpoint_every, seed=seed, source=source)
+                           lr_step=lr_step, checkpoint_every=checkpoint_every, seed=seed, source=source)
     train_munit(domain_a, domain_b, cfg, out, dev, progress=progress, resume=resume)
     typer.echo(f"G saved to {out} (G.safetensors, G.json; samples in {out / 'samples'})")
 
@@ -200,6 +202,7 @@ def export_command(src: Path, onnx: Path, opset: int = 17) -> Path:
     except ImportError:
         raise FastmbrError("ONNX export needs the onnx package: pip install 'fastmbr[export]'") from None
     g = load_variation(src, "cpu")
+    g.decoder.subpixel = False  # the plain upsample + conv traces to a simpler graph; runtimes optimise it
     x = torch.rand(2, g.arch.channels, g.image_size, g.image_size)
     delta = g.sample_delta(2, 1, torch.Generator().manual_seed(0))[0]
     onnx = Path(onnx)

@@ -62,7 +62,10 @@ def resolve_models(specs: list[str], root: Path) -> list[str]:
 
 
 def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | None, device: str, root: Path):
-    spec = {**recipe.get("settings", {}), **(recipe.get("full", {}) if full else {}), **recipe["runs"][run]}
+    run_spec = dict(recipe["runs"][run])
+    run_full = run_spec.pop("full", {})
+    spec = {**recipe.get("settings", {}), **(recipe.get("full", {}) if full else {}), **run_spec,
+            **(run_full if full else {})}
     cfg = preset_config(recipe["dataset"], spec["algo"], recipe.get("shift"))
     cfg.algo.k = spec.get("k", cfg.algo.k)
     cfg.algo.lam = spec.get("lambda", cfg.algo.lam)

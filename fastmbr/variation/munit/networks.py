@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastmbr.errors import FastmbrError
+from fastmbr.variation.munit.upconv import supports_subpixel, upsample_conv, upsample_conv_reference
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class Decoder(nn.Module):
         k = arch.first_kernel
         up.append(ConvBlock(d, arch.channels, k, 1, k // 2, "none", "tanh"))
         self.up = nn.Sequential(*up)
+        self.subpixel = True
 
     def adain_params(self, style: torch.Tensor) -> list[torch.Tensor]:
         """Style ``[N, q]`` → the AdaIN (weight, bias) list, each ``[N, C]``, in block order."""
@@ -174,7 +176,22 @@ class Decoder(nn.Module):
         h = content
         for i, block in enumerate(self.blocks):
             h = block(h, params[4 * i: 4 * i + 4])
-        return self.up(h)
+        return self.upsample(h)
+
+    def upsample(self, h: torch.Tensor) -> torch.Tensor:
+        """The (upsample, conv block)× stages; ``subpixel`` computes each on the low-resolution grid (upconv.py)."""
+        layers = iter(self.up)
+        for layer in layers:
+            h = upsample_conv_block(h, next(layers), self.subpixel) if isinstance(layer, nn.Upsample) else layer(h)
+        return h
+
+
+def upsample_conv_block(h: torch.Tensor, block: ConvBlock, subpixel: bool) -> torch.Tensor:
+    """nn.Upsample(2, nearest) followed by ``block``; the same values either way, fewer multiply-adds if subpixel."""
+    _, conv, norm, act = block
+    if subpixel and supports_subpixel(h, conv.weight):
+        return act(norm(upsample_conv(h, conv.weight, conv.bias)))
+    return act(norm(upsample_conv_reference(h, conv.weight, conv.bias)))
 
 
 class Generator(nn.Module):
