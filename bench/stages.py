@@ -64,6 +64,7 @@ def make_generator(setup: BenchSetup) -> tuple[Generator, MunitVariation]:
     torch.manual_seed(0)
     arch = bench_arch(setup.size)
     gen = Generator(arch).to(setup.device).eval().requires_grad_(False)
+    gen.decoder.subpixel = False  # the reference code upsamples, then convolves at full resolution
     G = MunitVariation(arch, setup.image_size).to(setup.device)
     G.content_encoder.load_state_dict(gen.content.state_dict())
     G.decoder.load_state_dict(gen.decoder.state_dict())

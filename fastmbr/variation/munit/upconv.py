@@ -87,8 +87,9 @@ def _top_correction(x: torch.Tensor, weight: torch.Tensor, other_axis_mode: str)
     up = F.interpolate(x[:, :, : p // 2 + 1], scale_factor=2, mode="nearest")
     up = F.pad(up, (p, p, 0, 0), mode=other_axis_mode)
     diff = F.pad(up, (0, 0, p, 0), mode="reflect") - F.pad(up, (0, 0, p, 0), mode="replicate")
-    strip = F.pad(diff[:, :, : p - 1], (0, 0, 0, 2 * p))
-    return F.conv2d(strip, weight)
+    # only rows -p..-2 of the padding differ, and output row r meets them through kernel rows 0..p-2-r
+    strip = F.pad(diff[:, :, : p - 1], (0, 0, 0, p - 2))
+    return F.conv2d(strip, weight[:, :, : p - 1])
 
 
 def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
