@@ -52,12 +52,17 @@ def test_contract_loss_is_scalar_and_trains_the_classifier(algo_name):
     model = build_classifier("cnn", 4, image_size=16)
     G = build_variation("brightness")
     x, y = torch.rand(6, 3, 16, 16), torch.randint(0, 4, (6,))
-    out = build_algorithm(algo_name, k=2).loss(model, G, x, y)
+    algo = build_algorithm(algo_name, k=2)
+    if algo.uses_target:
+        algo.attach_target(torch.randint(0, 256, (20, 3, 16, 16), dtype=torch.uint8), seed=0)
+    out = algo.loss(model, G, x, y)
     assert out["loss"].dim() == 0 and torch.isfinite(out["loss"])
     assert out["logits"].shape == (6, 4) and not out["logits"].requires_grad
     out["loss"].backward()
-    grads = [p.grad for p in model.parameters()]
+    fixed = {id(p) for p in algo.fixed_parameters(model)}
+    grads = [p.grad for p in model.parameters() if id(p) not in fixed]
     assert all(g is not None for g in grads) and sum(g.abs().sum() for g in grads) > 0
+    assert all(p.grad is None for p in model.parameters() if id(p) in fixed)
 
 
 @pytest.mark.parametrize("bad", [{"k": 0}, {"lam": -0.5}])

@@ -144,3 +144,26 @@ def test_export_run_classifier_to_onnx_matches_pytorch(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "clf.onnx"), providers=["CPUExecutionProvider"])
     (onnx_logits,) = session.run(None, {"x": x.numpy()})
     np.testing.assert_allclose(onnx_logits, model(x).detach().numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_adda_after_warmup_resumes_exactly_and_needs_a_warmup(tmp_path, capsys):
+    cfg = small_config(tmp_path, algo="adda", epochs=2)
+    cfg.optim.warmup_epochs, cfg.checkpoint_every, cfg.keep_checkpoints = 1, 2, 100
+    _, run_dir = train(cfg, progress=False)
+    reference = final_weights(run_dir)
+    assert "critic" in ckpt.load_latest(run_dir)["algo"]
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(run_dir, interrupted)
+    checkpoints = ckpt.list_checkpoints(interrupted)
+    mid = [p for p in checkpoints if p.name == ckpt.checkpoint_name(1, 4)]
+    assert mid, [p.name for p in checkpoints]
+    for later in checkpoints[checkpoints.index(mid[0]) + 1:]:
+        later.unlink()
+    (interrupted / "metrics.json").unlink()
+    cfg.out = str(interrupted)
+    train(cfg, resume=True, progress=False)
+    resumed = final_weights(interrupted)
+    for name, tensor in reference.items():
+        assert torch.equal(tensor, resumed[name]), name
+    code, err = run_cli(["train", "mnist", "--algo", "adda", "--epochs", "1", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and len(err) == 1 and "--warmup-epochs" in err[0]

@@ -26,6 +26,8 @@ class Algorithm:
     lam: float = 1.0
     name = "base"
     uses_variation = False  # does the algorithm need a model of variation G?
+    uses_target = False  # does it need unlabelled domain-B training images (attach_target)? (ADDA)
+    needs_warmup = False  # does it start from an ERM warm-up (source training)? (ADDA)
 
     def __post_init__(self):
         if self.k < 1:
@@ -35,6 +37,17 @@ class Algorithm:
 
     def loss(self, model: nn.Module, G: NaturalVariation | None, x: torch.Tensor, y: torch.Tensor) -> dict:
         raise NotImplementedError
+
+    def fixed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """Classifier parameters this algorithm deliberately leaves untouched (ADDA: the source head)."""
+        return []
+
+    def state_dict(self) -> dict:
+        """State the algorithm carries between steps (none for most), saved in checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict, model: nn.Module, device: torch.device) -> None:
+        """Restore what ``state_dict`` saved."""
 
     def check_variation(self, G: NaturalVariation | None) -> None:
         if self.uses_variation and G is None:
@@ -88,4 +101,4 @@ def build_algorithm(name: str, k: int | None = None, lam: float | None = None, *
 
 
 def _load_builtin() -> None:
-    from fastmbr.algorithms import augmix, erm, mat, mda, mrt, pgd  # noqa: F401
+    from fastmbr.algorithms import adda, augmix, erm, mat, mda, mrt, pgd  # noqa: F401

@@ -319,6 +319,8 @@ class Trainer:
         options = {"alpha": cfg.algo.alpha} if cfg.algo.alpha is not None and cfg.algo.name in ("mat", "pgd") else {}
         self.algo = build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam, **options)
         self.algo.check_variation(self.G)
+        if self.algo.uses_target:
+            self.attach_target()
         self.warmup = build_algorithm("erm")
         self.train_loader = self.loader(self.domains.train, train=True)
         self.optimizer = build_optimizer(cfg, self.model.parameters(), self.device)
@@ -333,6 +335,20 @@ class Trainer:
         self.fault = InjectedFault.from_env(self.dist)
         seed_everything(rank_seed(cfg.seed, self.dist.rank))  # per-rank streams: dropout masks, δ draws
 
+    def attach_target(self) -> None:
+        """ADDA-like algorithms: domain B's unlabelled training pool, on the device, after an ERM warm-up."""
+        name = self.cfg.algo.name
+        if self.dist.enabled:
+            raise FastmbrError(f"{name} runs in one process (its critic is not data-parallel); drop torchrun")
+        if self.algo.needs_warmup and self.cfg.optim.warmup_epochs < 1:
+            raise FastmbrError(f"{name} adapts a source classifier: give --warmup-epochs N (N >= 1 epochs of ERM "
+                               f"on A before adaptation)")
+        pool = self.domains.unlabeled.get("B")
+        if not isinstance(pool, LabeledImages):
+            raise FastmbrError(f"{name} needs unlabelled domain-B training images; {self.cfg.data.dataset} with "
+                               f"shift {self.cfg.data.shift!r} has none in memory")
+        self.algo.attach_target(pool.images.to(self.device), self.cfg.seed)
+
     # ---- checkpoints ----------------------------------------------------------------------------------------
     def state(self, epoch: int, batch: int) -> dict:
         """The checkpoint. A collective under torchrun: every rank's RNG states and epoch sums are gathered."""
@@ -345,6 +361,7 @@ class Trainer:
             "rng": [r["rng"] for r in per_rank], "meter": [r["meter"] for r in per_rank],
             "history": self.history, "best": self.best, "nonfinite_total": self.nonfinite_total,
             "images_seen": self.images_seen, "train_seconds": self.train_seconds,
+            "algo": self.algo.state_dict(),
             "num_classes": self.domains.num_classes, "delta_dim": self.G.delta_dim if self.G is not None else None,
         }
 
@@ -365,6 +382,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.algo.load_state_dict(state.get("algo", {}), self.model, self.device)
         self.restore_rank_parts(state)
         self.history, self.best = state["history"], state["best"]
         self.nonfinite_total = state["nonfinite_total"]
