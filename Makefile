@@ -15,7 +15,7 @@ $(BIN)/python:
 # they are installed when we are root; without them the ffcv loader reports itself unavailable.
 $(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[gpu,corruptions,export,test]'
+	$(BIN)/pip install -q -e '.[gpu,corruptions,export,repro,test]'
 	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! dpkg -s $(DEB_DEPS) >/dev/null 2>&1; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_DEPS)) >/dev/null \
 		|| echo "warning: could not install $(DEB_DEPS); the ffcv loader will be unavailable"; fi

@@ -34,7 +34,22 @@ def recipe_path(name: str) -> Path:
 def load_recipe(name: str) -> dict:
     recipe = yaml.safe_load(recipe_path(name).read_text())
     recipe["name"] = recipe_path(name).stem
+    recipe.setdefault("runs", {})
+    if "sweep" in recipe:
+        recipe["runs"].update(sweep_runs(recipe["sweep"]))
     return recipe
+
+
+def sweep_runs(sweep: dict) -> dict[str, dict]:
+    """``sweep: {param: k, values: [...], runs: {mrt: {...}}}`` → runs ``mrt-k1``, ``mrt-k5``, ... (a run may list
+    its own ``values``)."""
+    param = sweep["param"]
+    runs = {}
+    for name, spec in sweep["runs"].items():
+        spec = dict(spec)
+        for value in spec.pop("values", sweep["values"]):
+            runs[f"{name}-{param}{value}"] = {**spec, param: value}
+    return runs
 
 
 def learned_model_dir(root: Path, name: str) -> Path:
@@ -164,5 +179,65 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
     lines += ["", reading(recipe, runs), ""]
     out = Path("results") / f"{recipe['name']}.md"
     out.parent.mkdir(exist_ok=True)
+    if "sweep" in recipe:
+        lines += sweep_section(recipe, runs, out.parent / recipe["name"])
     out.write_text("\n".join(lines))
     return out
+
+
+def sweep_points(recipe: dict, runs: dict[str, list[dict]]) -> dict[str, list[tuple[int, list[float]]]]:
+    """Per swept algorithm: (value, B test top-1 of each seed) for every value that has finished runs."""
+    sweep, points = recipe["sweep"], {}
+    for name, spec in sweep["runs"].items():
+        for value in spec.get("values", sweep["values"]):
+            ms = runs.get(f"{name}-{sweep['param']}{value}", [])
+            if ms:
+                points.setdefault(name, []).append((value, [m["test"]["B"]["top1"] for m in ms]))
+    return points
+
+
+def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> list[str]:
+    """A value × algorithm table of B top-1 (mean ± sd), and the same as CSV and a line plot in ``folder``."""
+    param, points = recipe["sweep"]["param"], sweep_points(recipe, runs)
+    values = sorted({v for series in points.values() for v, _ in series})
+    if not values:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = ["algorithm," + param + ",seeds,B_top1_mean,B_top1_sd"]
+    table = {}
+    for name, series in points.items():
+        for value, accs in series:
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            csv.append(f"{name},{value},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
+            table[name, value] = mean_sd(accs)
+    (folder / "sweep.csv").write_text("\n".join(csv) + "\n")
+    plot_sweep(points, param, recipe.get("title", recipe["name"]), folder / "sweep.png")
+    lines = [f"B test top-1 against {param} ([CSV]({folder.name}/sweep.csv), [plot]({folder.name}/sweep.png)):", "",
+             f"| algorithm | " + " | ".join(f"{param}={v}" for v in values) + " |",
+             "|---|" + "---|" * len(values)]
+    for name in points:
+        lines.append(f"| {name.upper()} | " + " | ".join(table.get((name, v), "–") for v in values) + " |")
+    return lines + [""]
+
+
+def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
+    for name, series in points.items():
+        xs = [v for v, _ in series]
+        means = [statistics.mean(a) for _, a in series]
+        sds = [statistics.stdev(a) if len(a) > 1 else 0.0 for _, a in series]
+        ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=name.upper())
+    ax.set_xscale("log")
+    ax.set_xlabel(param)
+    ax.set_ylabel("domain B test top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -1,0 +1,68 @@
+"""Recipes: every one builds a valid config per run and seed; reports are generated from run folders alone."""
+
+import json
+import random
+import statistics
+
+import pytest
+
+from fastmbr.algorithms import build_algorithm
+from fastmbr.errors import FastmbrError
+from fastmbr.repro import EXPERIMENTS, load_recipe, run_config, write_report
+
+RECIPES = sorted(p.stem for p in EXPERIMENTS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("full", [False, True])
+def test_every_recipe_run_builds_a_config_and_its_algorithm(name, full, tmp_path):
+    recipe = load_recipe(name)
+    assert recipe["runs"] and recipe["title"]
+    for run in recipe["runs"]:
+        cfg = run_config(recipe, run, seed=1, full=full, data_dir=None, device="cpu", root=tmp_path / name)
+        assert cfg.seed == 1 and cfg.out.endswith(f"{run}-s1") and cfg.optim.epochs >= 1
+        assert not any(m.startswith("learned:") for m in cfg.algo.models)
+        build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam)
+
+
+def test_full_settings_override_per_run_and_sweeps_expand():
+    t6 = load_recipe("t6_gtsrb_brightness")
+    assert run_config(t6, "pgd", 0, False, None, "cpu", EXPERIMENTS).algo.k == 10
+    assert run_config(t6, "pgd", 0, True, None, "cpu", EXPERIMENTS).algo.k == 20
+    t7 = load_recipe("t7_gtsrb_k")
+    assert {"mrt-k50", "mda-k20", "mat-k1", "erm"} <= set(t7["runs"]) and "mda-k50" not in t7["runs"]
+    assert run_config(t7, "mrt-k50", 0, False, None, "cpu", EXPERIMENTS).algo.k == 50
+
+
+def test_unknown_recipe_names_the_known_ones():
+    with pytest.raises(FastmbrError, match="unknown recipe 'nope'.*t5_usps"):
+        load_recipe("nope")
+
+
+def _fake_runs(root, recipe, seeds):
+    rng, truth = random.Random(3), {}
+    for run in recipe["runs"]:
+        for seed in range(seeds):
+            b = rng.uniform(10, 90)
+            truth.setdefault(run, []).append(b)
+            folder = root / recipe["name"] / f"{run}-s{seed}"
+            folder.mkdir(parents=True)
+            metrics = {"dataset": recipe["dataset"], "shift": recipe["shift"], "device": "cpu", "counts": {},
+                       "train_seconds": 60.0,
+                       "test": {"A": {"top1": b + 5, "top5": 99.0}, "B": {"top1": b, "top5": 98.0}}}
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+    return truth
+
+
+def test_report_tables_are_computed_from_the_run_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("t7_gtsrb_k")
+    truth = _fake_runs(tmp_path / "runs", recipe, seeds=2)
+    text = write_report("t7_gtsrb_k", tmp_path / "runs").read_text()
+    for run, values in truth.items():
+        expected = f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        assert f"| {run.upper()} | 2 | " in text and expected in text, run
+    csv = (tmp_path / "results" / "t7_gtsrb_k" / "sweep.csv").read_text().splitlines()
+    row = next(line for line in csv if line.startswith("mrt,50,"))
+    assert row.endswith(f"{statistics.mean(truth['mrt-k50']):.2f},{statistics.stdev(truth['mrt-k50']):.2f}")
+    assert (tmp_path / "results" / "t7_gtsrb_k" / "sweep.png").stat().st_size > 1000
