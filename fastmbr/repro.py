@@ -213,7 +213,7 @@ def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> li
     (folder / "sweep.csv").write_text("\n".join(csv) + "\n")
     plot_sweep(points, param, recipe.get("title", recipe["name"]), folder / "sweep.png")
     lines = [f"B test top-1 against {param} ([CSV]({folder.name}/sweep.csv), [plot]({folder.name}/sweep.png)):", "",
-             f"| algorithm | " + " | ".join(f"{param}={v}" for v in values) + " |",
+             "| algorithm | " + " | ".join(f"{param}={v}" for v in values) + " |",
              "|---|" + "---|" * len(values)]
     for name in points:
         lines.append(f"| {name.upper()} | " + " | ".join(table.get((name, v), "–") for v in values) + " |")
