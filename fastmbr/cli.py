@@ -246,6 +246,30 @@ def datasets_show(
     console.print_json(json.dumps(counts))
 
 
+@app.command()
+def prepare(
+    dataset: str = typer.Argument(..., help="dataset name (fastmbr datasets)"),
+    shift: Optional[str] = typer.Option(None, help="e.g. corruption:snow-3 (fills the corruption cache)"),
+    data_dir: Optional[str] = typer.Option(None),
+    image_size: Optional[int] = typer.Option(None),
+    fmt: str = typer.Option("cache", "--format", help="cache (corruptions only) or ffcv (.beton per domain)"),
+    out: Optional[Path] = typer.Option(None, help="folder for the .beton files (default: the cache)"),
+):
+    """Prepare a dataset once: corrupted domains into the on-disk cache, FFCV .beton files per domain."""
+    from fastmbr.pipelines.datasets import load_domains
+    from fastmbr.pipelines.prepare import beton_for, write_beton
+
+    if fmt not in ("cache", "ffcv"):
+        raise FastmbrError(f"unknown --format {fmt!r}; known: cache, ffcv")
+    domains = load_domains(dataset, shift, data_dir, image_size=image_size)
+    console.print(f"{dataset} — {domains.shift.label}: {json.dumps(domains.counts())}")
+    if fmt == "ffcv":
+        parts = {"train-A": domains.train, "val-A": domains.val, **{f"test-{k}": v for k, v in domains.test.items()}}
+        for name, data in parts.items():
+            path = write_beton(data, out / f"{dataset}-{name}.beton") if out else beton_for(data)
+            console.print(f"{name}: {path}")
+
+
 def print_metrics_table(rows: list[dict]) -> None:
     domains = sorted({d for r in rows for d in r["test"]})
     table = Table("algorithm", *[f"{d} test top-1" for d in domains], "val A top-1", "images/s",

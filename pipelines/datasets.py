@@ -38,22 +38,25 @@ _R = "fastmbr.pipelines.readers"
 DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
-        DatasetInfo("mnist", f"{_R}.idx:read", "mnist", 10, 32, ("train", "test"), ("background-color",),
-                    "background-color", description="MNIST idx (embedded subset when no data folder is found)"),
-        DatasetInfo("fashion-mnist", f"{_R}.idx:read", "fashion-mnist", 10, 32, ("test",), ("background-color",),
-                    "background-color", description="Fashion-MNIST idx"),
-        DatasetInfo("usps", f"{_R}.usps:read", "usps", 10, 32, ("test",), ("background-color",),
-                    "background-color", description="USPS LIBSVM .bz2"),
-        DatasetInfo("mnist-m", f"{_R}.imagefolder:read", "mnist-m", 10, 32, ("test",), ("none",), "none",
+        DatasetInfo("mnist", f"{_R}.idx:read", "mnist", 10, 32, ("train", "test"),
+                    ("background-color", "corruption"), "background-color",
+                    description="MNIST idx (embedded subset when no data folder is found)"),
+        DatasetInfo("fashion-mnist", f"{_R}.idx:read", "fashion-mnist", 10, 32, ("test",),
+                    ("background-color", "corruption"), "background-color", description="Fashion-MNIST idx"),
+        DatasetInfo("usps", f"{_R}.usps:read", "usps", 10, 32, ("test",),
+                    ("background-color", "corruption"), "background-color", description="USPS LIBSVM .bz2"),
+        DatasetInfo("mnist-m", f"{_R}.imagefolder:read", "mnist-m", 10, 32, ("test",), ("none", "corruption"), "none",
                     description="MNIST-M PNG folder"),
-        DatasetInfo("svhn", f"{_R}.svhn:read", "svhn", 10, 32, ("train", "test"), ("brightness", "contrast"),
+        DatasetInfo("svhn", f"{_R}.svhn:read", "svhn", 10, 32, ("train", "test"),
+                    ("brightness", "contrast", "corruption"),
                     "brightness", description="SVHN .mat (format 2)"),
         DatasetInfo("gtsrb", f"{_R}.imagefolder:read", "gtsrb", 43, 32, ("train", "test"),
-                    ("brightness", "contrast"), "brightness", description="GTSRB PNG folders"),
-        DatasetInfo("cure-tsr", f"{_R}.cure_tsr:read", "cure-tsr", 14, 32, ("train", "test"), ("none",), "none",
+                    ("brightness", "contrast", "corruption"), "brightness", description="GTSRB PNG folders"),
+        DatasetInfo("cure-tsr", f"{_R}.cure_tsr:read", "cure-tsr", 14, 32, ("train", "test"),
+                    ("none", "corruption"), "none",
                     description="CURE-TSR (challenge type and level in the file names)"),
-        DatasetInfo("tiny-imagenet", f"{_R}.imagefolder:read", "tiny-imagenet", 200, 64, ("val",), ("none",),
-                    "none", description="Tiny-ImageNet JPEG folder"),
+        DatasetInfo("tiny-imagenet", f"{_R}.imagefolder:read", "tiny-imagenet", 200, 64, ("val",),
+                    ("none", "corruption"), "none", description="Tiny-ImageNet JPEG folder"),
         DatasetInfo("imagenette", f"{_R}.imagefolder:read_files", "imagenette", 10, 224, ("val",), ("none",),
                     "none", in_memory=False, description="Imagenette JPEG folder (decoded by the loader)"),
         DatasetInfo("imagenet", f"{_R}.imagefolder:read_files", "imagenet", 1000, 224, ("train", "val"),
@@ -179,6 +182,11 @@ def _train_test(info: DatasetInfo, data_dir, seed: int, notes: list[str]):
     return data.subset(rest), data.subset(carved)
 
 
+# shifts that make A and B from the SAME images (painted or corrupted twice): G's pools use disjoint halves so
+# that G never sees a pair
+PAIRED_SHIFTS = ("background-color", "corruption")
+
+
 def load_domains(
     name: str,
     shift: str | None = None,
@@ -212,8 +220,8 @@ def load_domains(
         raise FastmbrError(f"{name} {spec.label}: domain A of the training split is empty")
     rest, carved = deterministic_split(len(train_a), val_fraction, seed)
     unlabeled = dict(train_domains)
-    if spec.kind == "background-color":
+    if spec.kind in PAIRED_SHIFTS:
         pool_a, pool_b = deterministic_split(len(train), 0.5, seed + 3)
         unlabeled = {"A": train_domains["A"].subset(pool_a), "B": train_domains["B"].subset(pool_b)}
-        notes.append("unlabelled G pools: A and B painted on disjoint halves of the training images")
+        notes.append(f"unlabelled G pools: A and B ({spec.kind}) from disjoint halves of the training images")
     return Domains(info, spec, train_a.subset(rest), train_a.subset(carved), test_domains, unlabeled, notes)

@@ -1,7 +1,8 @@
 """Domains A and B of a shift, in the paper's notation "source (A→B)".
 
 A shift turns one split of a dataset into named domains. ``background-color`` paints MNIST-style digits onto
-blue (A) or red (B) backgrounds; ``brightness`` and ``contrast`` threshold real images by Table 10
+blue (A) or red (B) backgrounds; ``corruption:NAME-S`` corrupts every image (B) of the clean split (A), see
+corruptions.py; ``brightness`` and ``contrast`` threshold real images by Table 10
 (brightness B(x) = mean pixel value 0-255, contrast C(x) = max - min) into low / medium / high bands, and a
 spec such as ``brightness:high-low`` picks which bands are A and B.
 """
@@ -46,6 +47,7 @@ _DEFAULT_DOMAINS = {
     "background-color": ("blue", "red"),
     "brightness": ("low", "high"),
     "contrast": ("low", "high"),
+    "corruption": ("clean", "snow-3"),
     "none": ("all", "all"),
 }
 
@@ -55,11 +57,17 @@ def shift_names() -> list[str]:
 
 
 def parse_shift(text: str) -> ShiftSpec:
-    """``brightness`` → low→high; ``brightness:high-low`` → high→low; ``background-color:blue-green``."""
+    """``brightness`` → low→high; ``brightness:high-low`` → high→low; ``background-color:blue-green``;
+    ``corruption:fog-4`` → clean→fog at severity 4."""
     kind, _, domains = text.partition(":")
     if kind not in _DEFAULT_DOMAINS:
         raise FastmbrError(f"unknown shift {text!r}; known: {', '.join(shift_names())}")
     a, b = _DEFAULT_DOMAINS[kind]
+    if kind == "corruption":
+        from fastmbr.pipelines.corruptions import parse_corruption
+
+        name, severity = parse_corruption(domains or b)
+        return ShiftSpec(kind, "clean", f"{name}-{severity}")
     if domains:
         parts = domains.split("-")
         allowed = COLOUR_RANGES if kind == "background-color" else BANDS
@@ -129,6 +137,13 @@ def split_domains(
             painted = colourise(gray, draw_colours(len(data), name, gen))
             out[role] = LabeledImages(painted, data.labels, data.classes, f"{data.source} [{name} background]")
         return out
+    if spec.kind == "corruption":
+        from fastmbr.pipelines.corruptions import cached_corruption, parse_corruption
+
+        name, severity = parse_corruption(spec.b)
+        corrupted = cached_corruption(data.images, data.labels, name, severity, seed)
+        return {"A": data,
+                "B": LabeledImages(corrupted, data.labels, data.classes, f"{data.source} [{spec.b}]")}
     measure = brightness if spec.kind == "brightness" else contrast
     values = measure(data.images)
     limits = thresholds_for(dataset, spec.kind, thresholds)
