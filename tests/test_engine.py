@@ -167,3 +167,30 @@ def test_adda_after_warmup_resumes_exactly_and_needs_a_warmup(tmp_path, capsys):
         assert torch.equal(tensor, resumed[name]), name
     code, err = run_cli(["train", "mnist", "--algo", "adda", "--epochs", "1", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and len(err) == 1 and "--warmup-epochs" in err[0]
+
+
+def test_fused_optimizer_skips_a_nan_step_on_the_device_like_the_host_path(tmp_path, monkeypatch):
+    """A NaN loss at one step: the device-side skip (fused SGD, found_inf) leaves the same weights as the
+    host-side skip (plain SGD), and both count one skipped step."""
+    from fastmbr.algorithms.erm import ERM
+
+    plain_loss = ERM.loss
+    calls = {"n": 0}
+
+    def nan_on_third_call(self, model, G, x, y):
+        calls["n"] += 1
+        out = plain_loss(self, model, G, x, y)
+        return {**out, "loss": out["loss"] * float("nan")} if calls["n"] == 3 else out
+
+    monkeypatch.setattr(ERM, "loss", nan_on_third_call)
+    weights, skipped = {}, {}
+    for fused in (True, False):
+        calls["n"] = 0
+        cfg = small_config(tmp_path / str(fused), algo="erm", epochs=1)
+        cfg.optim.optimizer, cfg.optim.lr, cfg.optim.fused = "sgd", 0.05, fused
+        metrics, run_dir = train(cfg, progress=False)
+        weights[fused], skipped[fused] = final_weights(run_dir), metrics["nonfinite_skipped"]
+    assert skipped == {True: 1, False: 1}
+    for name, tensor in weights[True].items():
+        assert torch.isfinite(tensor.float()).all(), name
+        torch.testing.assert_close(tensor, weights[False][name], atol=1e-6, rtol=1e-5)

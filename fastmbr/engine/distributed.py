@@ -75,6 +75,13 @@ def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Element-wise max over ranks, enqueued on the device (no host read)."""
+    if info.enabled:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def any_rank(flags: torch.Tensor, info: DistInfo) -> list[bool]:
     """Element-wise OR of a small flag vector over all ranks: every rank gets the same decisions back."""
     counts = all_reduce_sum(flags.to(torch.float32), info)

@@ -7,7 +7,9 @@ Scale-out: under ``torchrun`` the same command runs data-parallel (DistributedDa
 G is frozen and replicated on every rank, never wrapped). ``--batch-size`` is the GLOBAL batch: each of the
 W ranks takes ``batch/W`` samples of every global batch (the loaders' shards), optionally in ``--accumulate``
 micro-batches whose gradients are only all-reduced on the last (``no_sync``). Decisions every rank must take
-together (skip a non-finite step, stop on a signal) go through one small all-reduce per step. Validation
+together (skip a non-finite step, stop on a signal) go through one small all-reduce per step — or, with a
+fused optimizer (SGD, Adam), none: the skip is decided on the device (``found_inf``) and signals are agreed on
+at log intervals, so a step never waits for the host. Validation
 and test accuracy are computed on a strided 1/W of each split per rank and the counts summed, so every rank
 holds the same numbers. Rank 0 alone writes the run folder; the per-rank parts of the state (RNG streams,
 epoch meters) are gathered into the checkpoint as lists indexed by rank, and each rank restores its own.
@@ -31,6 +33,7 @@ from fastmbr.config import RunConfig
 from fastmbr.engine import checkpoint as ckpt
 from fastmbr.engine.distributed import (
     DistInfo,
+    all_reduce_max,
     all_reduce_sum,
     any_rank,
     barrier,
@@ -67,7 +70,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.Optimizer:
     o = cfg.optim
-    fused = {"fused": True} if device.type == "cuda" else {}
+    fused = {"fused": True} if o.fused else {}  # one kernel per step (CUDA and CPU), skips non-finite steps
     if o.optimizer == "adadelta":
         return torch.optim.Adadelta(params, lr=o.lr, weight_decay=o.weight_decay)
     if o.optimizer == "sgd":
@@ -125,10 +128,16 @@ class EpochMeter:
         self.correct = torch.zeros((), device=self.device, dtype=torch.long)
         self.seen = torch.zeros((), device=self.device, dtype=torch.long)
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor):
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
+        """Add a step's sums; ``weight`` (a 0/1 device tensor) drops a skipped step without a host read."""
+        if weight is None:
+            self.loss += loss.detach().double() * y.shape[0]
+            self.correct += (logits.argmax(1) == y).sum()
+            self.seen += y.shape[0]
+            return
         self.loss += loss.detach().double() * y.shape[0]
-        self.correct += (logits.argmax(1) == y).sum()
-        self.seen += y.shape[0]
+        self.correct += ((logits.argmax(1) == y).sum() * weight).long()
+        self.seen += (weight * y.shape[0]).long()
 
     def state(self) -> dict:
         return {"loss": float(self.loss), "correct": int(self.correct), "seen": int(self.seen)}
@@ -143,6 +152,31 @@ class EpochMeter:
         totals = all_reduce_sum(totals, dist).tolist()
         n = max(totals[2], 1.0)
         return {"loss": totals[0] / n, "acc": 100.0 * totals[1] / n, "n": int(totals[2])}
+
+
+@dataclass
+class SkippedSteps:
+    """Non-finite steps skipped on the device: total, the current run of them and the longest run.
+
+    Used with the fused optimizers, which take a ``found_inf`` flag and leave weights and state untouched when
+    it is set, so no step has to read the loss on the host; the counts are read at log intervals.
+    """
+
+    device: torch.device
+    counts: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.counts = torch.zeros(3, device=self.device)
+
+    def add(self, found: torch.Tensor) -> None:
+        total, run, longest = self.counts.unbind()
+        run = (run + 1.0) * found
+        self.counts = torch.stack([total + found, run, torch.maximum(longest, run)])
+
+    def read(self) -> tuple[int, int]:
+        """(total, longest run) — one host read."""
+        total, _, longest = self.counts.tolist()
+        return int(total), int(longest)
 
 
 @dataclass
@@ -331,6 +365,8 @@ class Trainer:
         self.best = {"top1": -1.0, "epoch": -1}
         self.position = (0, 0)
         self.nonfinite_total = 0
+        self.skipped = SkippedSteps(self.device)
+        self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
         self.images_seen, self.train_seconds = 0, 0.0
         self.fault = InjectedFault.from_env(self.dist)
         seed_everything(rank_seed(cfg.seed, self.dist.rank))  # per-rank streams: dropout masks, δ draws
@@ -359,11 +395,14 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": [r["rng"] for r in per_rank], "meter": [r["meter"] for r in per_rank],
-            "history": self.history, "best": self.best, "nonfinite_total": self.nonfinite_total,
+            "history": self.history, "best": self.best, "nonfinite_total": self.skipped_total(),
             "images_seen": self.images_seen, "train_seconds": self.train_seconds,
             "algo": self.algo.state_dict(),
             "num_classes": self.domains.num_classes, "delta_dim": self.G.delta_dim if self.G is not None else None,
         }
+
+    def skipped_total(self) -> int:
+        return self.skipped.read()[0] if self.skip_on_device else self.nonfinite_total
 
     def save(self, epoch: int, batch: int) -> None:
         """Every rank calls this at the same step; rank 0 alone writes."""
@@ -386,6 +425,7 @@ class Trainer:
         self.restore_rank_parts(state)
         self.history, self.best = state["history"], state["best"]
         self.nonfinite_total = state["nonfinite_total"]
+        self.skipped.counts[0] = float(self.nonfinite_total)
         self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
         self.position = (state["epoch"], state["batch"])
 
@@ -412,13 +452,16 @@ class Trainer:
             return self.step_model.no_sync()
         return nullcontext()
 
-    def train_step(self, algo, x: torch.Tensor, y: torch.Tensor, stop: dict) -> tuple[bool, bool]:
+    def train_step(self, algo, x: torch.Tensor, y: torch.Tensor, stop: dict, at_log: bool) -> tuple[bool, bool]:
         """One optimisation step over this rank's share of the global batch, in ``accumulate`` micro-batches.
 
         Returns (stepped, stop_now), both agreed by every rank through one small all-reduce: a non-finite loss
         on any rank skips the update everywhere (no optimizer or scheduler step), and a signal received by any
         rank stops them all after this step. The gradients are computed even for a non-finite loss, because
         DDP's gradient all-reduce needs every rank and no rank knows the others' losses before it.
+
+        With a fused optimizer nothing is read on the host: the skip happens on the device (``found_inf``), the
+        skipped steps are counted there, and signals are agreed on at log intervals (``at_log``) only.
         """
         self.optimizer.zero_grad(set_to_none=True)
         parts = micro_batches(x, y, self.options.accumulate)
@@ -431,6 +474,8 @@ class Trainer:
                 (loss if len(parts) == 1 else loss * (ym.shape[0] / y.shape[0])).backward()
             results.append((loss.detach(), out["logits"], ym))
         losses = torch.stack([r[0].float() for r in results])
+        if self.skip_on_device:
+            return self.update_on_device(results, losses), self.agreed_stop(stop, at_log)
         flags = torch.stack([(~torch.isfinite(losses)).any().float(),
                              torch.tensor(float(bool(stop.get("signal"))), device=losses.device)])
         skip, stop_now = any_rank(flags, self.dist)
@@ -442,6 +487,41 @@ class Trainer:
         for loss, logits, ym in results:
             self.meter.add(loss, logits, ym)
         return True, stop_now
+
+    def update_on_device(self, results, losses: torch.Tensor) -> bool:
+        """The optimizer step, skipped on the device (weights and optimizer state untouched) if any loss is not
+        finite on any rank; the meter adds only finite steps. No host synchronisation."""
+        found = (~torch.isfinite(losses)).any().float()
+        found = all_reduce_max(found, self.dist)
+        self.optimizer.found_inf = found
+        try:
+            self.optimizer.step()
+        finally:
+            del self.optimizer.found_inf
+        self.scheduler.step()
+        self.skipped.add(found)
+        keep = 1.0 - found
+        for loss, logits, ym in results:
+            self.meter.add(torch.nan_to_num(loss) * keep, logits, ym, weight=keep)
+        return True
+
+    def agreed_stop(self, stop: dict, at_log: bool) -> bool:
+        """A signal to any rank stops every rank; agreed on (one small all-reduce) at log intervals only."""
+        if not self.dist.enabled:
+            return bool(stop.get("signal"))
+        if not at_log:
+            return False
+        flag = torch.tensor([float(bool(stop.get("signal")))], device=self.device)
+        return bool(any_rank(flag, self.dist)[0])
+
+    def fold_skipped(self, epoch: int, batch: int) -> None:
+        """Read the device's skip counts (at log intervals and checkpoints) and stop after too many in a row."""
+        total, longest = self.skipped.read()
+        if total > self.nonfinite_total:
+            self.log(f"{total - self.nonfinite_total} non-finite step(s) skipped before epoch {epoch + 1} "
+                     f"batch {batch}")
+        self.nonfinite_total = total
+        self.check_nonfinite(longest, epoch, batch)
 
     def check_nonfinite(self, in_a_row: int, epoch: int, batch: int) -> None:
         if in_a_row > self.cfg.max_nonfinite:
@@ -467,7 +547,9 @@ class Trainer:
         in_a_row, tick = 0, time.perf_counter()
         for batch, (x, y) in enumerate(self.train_loader, start=start_batch):
             self.fault.maybe_fire(epoch * steps + batch, self.dist.rank)
-            stepped, stop_now = self.train_step(algo, x, y, stop)
+            done = batch + 1
+            at_log = done % self.cfg.log_every == 0 or done == steps
+            stepped, stop_now = self.train_step(algo, x, y, stop, at_log)
             if stepped:
                 in_a_row = 0
             else:
@@ -476,8 +558,9 @@ class Trainer:
                 self.log(f"non-finite loss skipped at epoch {epoch + 1} batch {batch}")
                 self.check_nonfinite(in_a_row, epoch, batch)
             self.images_seen += y.shape[0] * self.dist.world_size
-            done = batch + 1
-            if done % self.cfg.log_every == 0 or done == steps:
+            if at_log:
+                if self.skip_on_device:
+                    self.fold_skipped(epoch, done)
                 now = time.perf_counter()
                 self.train_seconds += now - tick
                 tick = now
@@ -546,7 +629,7 @@ class Trainer:
             "test": test, "val": self.history[-1]["val"] if self.history else {},
             "selection": f"best top-1 on A's validation split (epoch {self.best['epoch']})",
             "epochs": self.history, "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
-            "train_seconds": self.train_seconds, "nonfinite_skipped": self.nonfinite_total,
+            "train_seconds": self.train_seconds, "nonfinite_skipped": self.skipped_total(),
             "device": str(self.device), "world_size": self.dist.world_size,
             "global_batch": self.cfg.data.batch_size, "options": asdict(self.options),
             "counts": self.domains.counts(), "commit": git_sha() if self.dist.is_main else None,
