@@ -179,11 +179,13 @@ def repro(
     data_dir: Optional[str] = typer.Option(None),
     device: str = typer.Option("auto"),
     root: Path = typer.Option(Path("runs/repro"), help="where the recipe's run folders go"),
+    only: Optional[list[str]] = typer.Option(None, "--only", help="run only these runs of the recipe (repeatable)"),
 ):
     """Run a paper experiment recipe (every algorithm × seed) and write its results table."""
     from fastmbr.repro import run_recipe, write_report
 
-    path = write_report(name, root, full) if report else run_recipe(name, seeds, full, data_dir, device, root, console)
+    path = write_report(name, root, full) if report else run_recipe(name, seeds, full, data_dir, device, root,
+                                                                    console, only)
     console.print(path.read_text())
     console.print(f"written: {path}")
 

@@ -65,6 +65,7 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
         command = [sys.executable, "-m", "fastmbr", "model", "train", spec["dataset"], "--shift", spec["shift"],
                    "--size", spec.get("size", "tiny"), "--out", str(g_dir), "--device", device]
         command += ["--iters", str(spec["iters"])] if "iters" in spec else []
+        command += ["--lr-step", str(spec["lr_step"])] if "lr_step" in spec else []
         command += ["--data-dir", data_dir] if data_dir else []
         command += ["--resume"] if (g_dir / "checkpoint.pt").exists() else []
         if subprocess.run(command).returncode != 0:
@@ -96,14 +97,19 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
 
 
 def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, device: str, root: Path,
-               console=None) -> Path:
+               console=None, only: list[str] | None = None) -> Path:
+    """Run every (or each ``only``) run of the recipe for each seed, then write its report."""
     from fastmbr.engine.trainer import train
 
     recipe = load_recipe(name)
+    unknown = sorted(set(only or []) - set(recipe["runs"]))
+    if unknown:
+        raise FastmbrError(f"recipe {recipe['name']} has no run {', '.join(unknown)}; it has: "
+                           f"{', '.join(recipe['runs'])}")
     ensure_learned_models(recipe, root, data_dir, device)
     root = root / recipe["name"]
     for seed in range(seeds or recipe.get("seeds", 3)):
-        for run in recipe["runs"]:
+        for run in only or recipe["runs"]:
             cfg = run_config(recipe, run, seed, full, data_dir, device, root)
             out = Path(cfg.out)
             if (out / "metrics.json").exists():

@@ -66,3 +66,10 @@ def test_report_tables_are_computed_from_the_run_folders(tmp_path, monkeypatch):
     row = next(line for line in csv if line.startswith("mrt,50,"))
     assert row.endswith(f"{statistics.mean(truth['mrt-k50']):.2f},{statistics.stdev(truth['mrt-k50']):.2f}")
     assert (tmp_path / "results" / "t7_gtsrb_k" / "sweep.png").stat().st_size > 1000
+
+
+def test_only_names_unknown_runs_in_one_line(tmp_path):
+    from fastmbr.repro import run_recipe
+
+    with pytest.raises(FastmbrError, match="has no run adda.*erm, pgd"):
+        run_recipe("t5_usps", 1, False, None, "cpu", tmp_path, only=["erm", "adda"])
