@@ -48,16 +48,16 @@ def tiny_cpu_threads(size: str, device) -> Optional[int]:
     return 1 if size == "tiny" and device.type == "cpu" else None
 
 
-def _domains_from_dataset(dataset: str, shift: Optional[str], data_dir: Optional[Path]):
+def _domains_from_dataset(dataset: str, shift: Optional[str], data_dir: Optional[Path], classes: Optional[str]):
     from fastmbr.pipelines.datasets import load_domains
 
-    domains = load_domains(dataset, shift, data_dir)
+    domains = load_domains(dataset, shift, data_dir, classes=classes)
     for role in ("A", "B"):
         if role not in domains.unlabeled:
             raise FastmbrError(f"{dataset} {domains.shift.label}: no unlabelled images of domain {role} to learn G")
     source = {"dataset": dataset, "shift": domains.shift.kind, "domain_a": domains.shift.a,
               "domain_b": domains.shift.b, "images_a": len(domains.unlabeled["A"]),
-              "images_b": len(domains.unlabeled["B"]), "notes": domains.notes}
+              "images_b": len(domains.unlabeled["B"]), "classes": classes, "notes": domains.notes}
     return domains.unlabeled["A"].images, domains.unlabeled["B"].images, source
 
 
@@ -70,6 +70,7 @@ def train_command(
     out: Path = typer.Option(..., "--out", help="G_DIR to write G, checkpoints and sample grids into"),
     batch_size: int = typer.Option(16, "--batch-size"),
     lr: Optional[float] = typer.Option(None, "--lr", help="learning rate (default: the size preset's)"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="learn G from these classes only, e.g. 0-9"),
     lr_step: Optional[int] = typer.Option(None, "--lr-step",
                                           help="halve the lr every N iterations (default: the size preset's)"),
     style_dim: int = typer.Option(8, "--style-dim", help="q, the dimension of δ"),
@@ -102,7 +103,7 @@ def train_command(
     elif dataset is None:
         raise FastmbrError("missing DATASET (or --a-dir and --b-dir)")
     else:
-        domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir)
+        domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir, classes)
     cfg = MunitTrainConfig(size=size, style_dim=style_dim, iters=iters, batch_size=batch_size, lr=lr,
                            lr_step=lr_step, checkpoint_every=checkpoint_every, seed=seed, source=source)
     train_munit(domain_a, domain_b, cfg, out, dev, progress=progress, resume=resume)

@@ -15,6 +15,7 @@ class DataConfig:
     data_dir: str | None = None
     image_size: int | None = None  # None: the dataset's preparation size
     limit: int | None = None  # use only the first N training images
+    classes: str | None = None  # keep only these classes, relabelled 0..n-1: "10-199", "0,3,7"
     val_fraction: float = 0.1
     loader: str = "auto"
     augment: str = "none"

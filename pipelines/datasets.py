@@ -182,6 +182,29 @@ def _train_test(info: DatasetInfo, data_dir, seed: int, notes: list[str]):
     return data.subset(rest), data.subset(carved)
 
 
+def parse_classes(text: str, num_classes: int) -> list[int]:
+    """``"10-199"`` / ``"0,3,7"`` / ``"0-4,9"`` → sorted class indices, each checked against the dataset."""
+    keep: set[int] = set()
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            keep.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise FastmbrError(f"--classes {text!r}: expected ranges like 10-199 or a list like 0,3,7") from None
+    if not keep or min(keep) < 0 or max(keep) >= num_classes:
+        raise FastmbrError(f"--classes {text!r}: the dataset has classes 0-{num_classes - 1}")
+    return sorted(keep)
+
+
+def select_classes(data: LabeledImages | ImageFiles, keep: list[int]) -> LabeledImages | ImageFiles:
+    """The images of the ``keep`` classes, relabelled 0..len(keep)-1 in that order."""
+    wanted = torch.tensor(keep)
+    sub = data.subset(torch.nonzero(torch.isin(data.labels, wanted)).flatten())
+    remap = torch.full((max(keep) + 1,), -1, dtype=torch.long)
+    remap[wanted] = torch.arange(len(keep))
+    return dataclasses.replace(sub, labels=remap[sub.labels], classes=[data.classes[i] for i in keep])
+
+
 # shifts that make A and B from the SAME images (painted or corrupted twice): G's pools use disjoint halves so
 # that G never sees a pair
 PAIRED_SHIFTS = ("background-color", "corruption")
@@ -197,6 +220,7 @@ def load_domains(
     val_fraction: float = 0.1,
     limit: int | None = None,
     thresholds: tuple | None = None,
+    classes: str | None = None,
 ) -> Domains:
     """Prepare a dataset under a shift: A's train (minus val) is labelled; B is only for testing and G."""
     info = dataset_info(name)
@@ -207,6 +231,10 @@ def load_domains(
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
     train, test = _train_test(info, data_dir, seed, notes)
+    if classes:
+        keep = parse_classes(classes, len(train.classes))
+        notes.append(f"classes {classes}: {len(keep)} of {len(train.classes)} kept, relabelled 0-{len(keep) - 1}")
+        train, test = select_classes(train, keep), select_classes(test, keep)
     if not info.in_memory or isinstance(train, ImageFiles):
         train = limited(train, limit, seed, notes)
         rest, carved = deterministic_split(len(train), val_fraction, seed)

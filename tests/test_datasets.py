@@ -87,3 +87,21 @@ def test_prepare_keeps_cure_tsr_challenge_fields():
     out = prepare(data, 32)
     assert isinstance(out, CureTsrImages) and out.images.shape == (3, 3, 32, 32)
     assert out.challenge_levels.tolist() == [0, 3, 5] and out.challenge_types.tolist() == [0, 11, 12]
+
+
+def test_class_subsets_are_relabelled_and_bad_specs_are_one_line_errors():
+    from fastmbr.pipelines.datasets import parse_classes
+
+    keep = [3, 4, 5, 8]
+    full = load_domains("mnist", "background-color")
+    part = load_domains("mnist", "background-color", classes="3-5,8")
+    assert part.num_classes == 4 and part.train.classes == [full.train.classes[i] for i in keep]
+    for name in ("A", "B"):
+        original = full.test[name].labels
+        kept = torch.isin(original, torch.tensor(keep))
+        assert torch.equal(part.test[name].labels, torch.tensor([keep.index(int(v)) for v in original[kept]]))
+        assert part.test[name].images.shape == full.test[name].images[kept].shape  # colours are drawn anew
+    assert parse_classes("0-2,7", 10) == [0, 1, 2, 7]
+    for bad, message in (("3-12", "classes 0-9"), ("a-b", "expected ranges")):
+        with pytest.raises(FastmbrError, match=message):
+            parse_classes(bad, 10)
