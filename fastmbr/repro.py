@@ -66,6 +66,8 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
                    "--size", spec.get("size", "tiny"), "--out", str(g_dir), "--device", device]
         command += ["--iters", str(spec["iters"])] if "iters" in spec else []
         command += ["--lr-step", str(spec["lr_step"])] if "lr_step" in spec else []
+        command += ["--classes", str(spec["classes"])] if "classes" in spec else []
+        command += ["--image-size", str(spec["image_size"])] if "image_size" in spec else []
         command += ["--data-dir", data_dir] if data_dir else []
         command += ["--resume"] if (g_dir / "checkpoint.pt").exists() else []
         if subprocess.run(command).returncode != 0:
@@ -91,6 +93,8 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.optim.warmup_epochs = spec.get("warmup_epochs", 0)
     cfg.data.image_size = spec.get("image_size", cfg.data.image_size)
     cfg.data.limit = spec.get("limit", cfg.data.limit)
+    cfg.data.classes = spec.get("classes", cfg.data.classes)
+    cfg.arch = spec.get("arch", cfg.arch)
     cfg.data.data_dir, cfg.device, cfg.seed = data_dir, device, seed
     cfg.out = str(root / f"{run}-s{seed}")
     return cfg
@@ -112,19 +116,39 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
         for run in only or recipe["runs"]:
             cfg = run_config(recipe, run, seed, full, data_dir, device, root)
             out = Path(cfg.out)
-            if (out / "metrics.json").exists():
-                continue
-            if console is not None:
-                console.print(f"[bold]{recipe['name']}[/bold]: {run} seed {seed} → {out}")
-            train(cfg, resume=(out / "config.json").exists(), progress=console is not None)
+            if not (out / "metrics.json").exists():
+                if console is not None:
+                    console.print(f"[bold]{recipe['name']}[/bold]: {run} seed {seed} → {out}")
+                train(cfg, resume=(out / "config.json").exists(), progress=console is not None)
+            evaluate_shifts(recipe, out, data_dir, device)
     return write_report(name, root.parent, full)
 
 
+def shift_key(shift: str) -> str:
+    """The file stem of a shift's evaluation in a run folder's eval/ (``corruption:snow-3`` → ``corruption_snow-3``)."""
+    return shift.replace(":", "_")
+
+
+def evaluate_shifts(recipe: dict, run_dir: Path, data_dir: str | None, device: str) -> None:
+    """Score a finished run on each of the recipe's ``eval_shifts`` (e.g. every severity), once each."""
+    from fastmbr.engine.rundir import write_json
+    from fastmbr.engine.trainer import evaluate_run
+
+    for shift in recipe.get("eval_shifts", []):
+        path = run_dir / "eval" / f"{shift_key(shift)}.json"
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            write_json(path, evaluate_run(run_dir, None, shift, data_dir, device))
+
+
 def collect(root: Path) -> dict[str, list[dict]]:
+    """Run name → the metrics.json of each finished seed, with its shift evaluations under "eval"."""
     runs: dict[str, list[dict]] = {}
     for metrics_path in sorted(root.glob("*-s*/metrics.json")):
         run = metrics_path.parent.name.rsplit("-s", 1)[0]
-        runs.setdefault(run, []).append(json.loads(metrics_path.read_text()))
+        metrics = json.loads(metrics_path.read_text())
+        metrics["eval"] = {p.stem: json.loads(p.read_text()) for p in sorted(metrics_path.parent.glob("eval/*.json"))}
+        runs.setdefault(run, []).append(metrics)
     return runs
 
 
@@ -187,6 +211,8 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
     out.parent.mkdir(exist_ok=True)
     if "sweep" in recipe:
         lines += sweep_section(recipe, runs, out.parent / recipe["name"])
+    if "eval_shifts" in recipe:
+        lines += shift_curve_section(recipe, runs, out.parent / recipe["name"])
     out.write_text("\n".join(lines))
     return out
 
@@ -226,7 +252,37 @@ def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> li
     return lines + [""]
 
 
-def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, title: str, path: Path) -> None:
+def shift_curve_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> list[str]:
+    """Top-1 on the shifted domain B of each ``eval_shifts`` entry (e.g. severities 1-5) per algorithm: a table,
+    a CSV and a line plot."""
+    shifts = recipe["eval_shifts"]
+    points: dict[str, list[tuple[int, list[float]]]] = {}
+    for run, ms in runs.items():
+        for i, shift in enumerate(shifts, start=1):
+            accs = [m["eval"][shift_key(shift)]["B"]["top1"] for m in ms if shift_key(shift) in m["eval"]]
+            if accs:
+                points.setdefault(run, []).append((i, accs))
+    if not points:
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = ["algorithm,shift,seeds,B_top1_mean,B_top1_sd"]
+    lines = ["Domain-B top-1 on each evaluation shift "
+             f"([CSV]({folder.name}/shifts.csv), [plot]({folder.name}/shifts.png)):", "",
+             "| algorithm | " + " | ".join(f"`{s}`" for s in shifts) + " |", "|---|" + "---|" * len(shifts)]
+    for run, series in points.items():
+        cells = {i: mean_sd(accs) for i, accs in series}
+        lines.append(f"| {run.upper()} | " + " | ".join(cells.get(i, "–") for i in range(1, len(shifts) + 1)) + " |")
+        for i, accs in series:
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            csv.append(f"{run},{shifts[i - 1]},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
+    (folder / "shifts.csv").write_text("\n".join(csv) + "\n")
+    plot_sweep(points, recipe.get("eval_axis", "evaluation shift"), recipe.get("title", recipe["name"]),
+               folder / "shifts.png", log_x=False)
+    return lines + [""]
+
+
+def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, title: str, path: Path,
+               log_x: bool = True) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -238,7 +294,8 @@ def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, tit
         means = [statistics.mean(a) for _, a in series]
         sds = [statistics.stdev(a) if len(a) > 1 else 0.0 for _, a in series]
         ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=name.upper())
-    ax.set_xscale("log")
+    if log_x:
+        ax.set_xscale("log")
     ax.set_xlabel(param)
     ax.set_ylabel("domain B test top-1 (%)")
     ax.set_title(title, fontsize=9)

@@ -73,3 +73,22 @@ def test_only_names_unknown_runs_in_one_line(tmp_path):
 
     with pytest.raises(FastmbrError, match="has no run adda.*erm, pgd"):
         run_recipe("t5_usps", 1, False, None, "cpu", tmp_path, only=["erm", "adda"])
+
+
+def test_recipe_runs_then_scores_each_evaluation_shift_into_a_curve(tmp_path, monkeypatch):
+    from fastmbr.repro import run_recipe
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    recipe = tmp_path / "tiny_curve.yaml"
+    recipe.write_text(
+        'title: "curve"\ndataset: mnist\nshift: background-color\nseeds: 1\n'
+        "settings: {epochs: 1, limit: 128}\n"
+        "eval_shifts: [corruption:pixelate-1, corruption:pixelate-5]\n"
+        "runs:\n  erm: {algo: erm}\n")
+    text = run_recipe(str(recipe), None, False, None, "cpu", tmp_path / "runs").read_text()
+    evals = sorted((tmp_path / "runs" / "tiny_curve" / "erm-s0" / "eval").glob("*.json"))
+    assert [p.stem for p in evals] == ["corruption_pixelate-1", "corruption_pixelate-5"]
+    b_top1 = [json.loads(p.read_text())["B"]["top1"] for p in evals]
+    assert f"| ERM | {b_top1[0]:.1f} ± 0.0 | {b_top1[1]:.1f} ± 0.0 |" in text
+    assert (tmp_path / "results" / "tiny_curve" / "shifts.png").exists()
