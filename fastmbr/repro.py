@@ -56,9 +56,18 @@ def learned_model_dir(root: Path, name: str) -> Path:
     return root / "G" / name
 
 
-def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str) -> None:
-    """Train the recipe's learned models of variation (MUNIT) once; later recipes reuse the same G folder."""
+def learned_models_used(recipe: dict, runs: list[str]) -> set[str]:
+    return {m[len("learned:"):] for run in runs for m in recipe["runs"][run].get("model", [])
+            if m.startswith("learned:")}
+
+
+def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str,
+                          runs: list[str] | None = None) -> None:
+    """Train the learned models of variation (MUNIT) that the runs use, once; later recipes reuse the G folder."""
+    used = learned_models_used(recipe, runs or list(recipe["runs"]))
     for name, spec in recipe.get("learned_models", {}).items():
+        if name not in used:
+            continue
         g_dir = learned_model_dir(root, name)
         if (g_dir / "G.json").exists():
             continue
@@ -110,7 +119,7 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
     if unknown:
         raise FastmbrError(f"recipe {recipe['name']} has no run {', '.join(unknown)}; it has: "
                            f"{', '.join(recipe['runs'])}")
-    ensure_learned_models(recipe, root, data_dir, device)
+    ensure_learned_models(recipe, root, data_dir, device, only)
     root = root / recipe["name"]
     for seed in range(seeds or recipe.get("seeds", 3)):
         for run in only or recipe["runs"]:

@@ -225,8 +225,9 @@ def load_domains(
     """Prepare a dataset under a shift: A's train (minus val) is labelled; B is only for testing and G."""
     info = dataset_info(name)
     spec = parse_shift(shift or info.default_shift)
-    if spec.kind not in info.shifts and spec.kind != "none":
-        raise FastmbrError(f"dataset {name!r} has no shift {spec.kind!r}; it has: {', '.join(info.shifts)}")
+    for kind in spec.kinds:
+        if kind not in info.shifts and kind != "none":
+            raise FastmbrError(f"dataset {name!r} has no shift {kind!r}; it has: {', '.join(info.shifts)}")
     notes: list[str] = []
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")

@@ -37,10 +37,17 @@ class ShiftSpec:
     kind: str
     a: str
     b: str
+    parts: tuple["ShiftSpec", ...] = ()  # a composite shift (Table 4): A = ∪ of the parts' A, B = ∩ of their B
 
     @property
     def label(self) -> str:
+        if self.parts:
+            return " + ".join(p.label for p in self.parts) + " (A: either, B: all at once)"
         return f"{self.kind} ({self.a}→{self.b})"
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(p.kind for p in self.parts) or (self.kind,)
 
 
 _DEFAULT_DOMAINS = {
@@ -59,6 +66,8 @@ def shift_names() -> list[str]:
 def parse_shift(text: str) -> ShiftSpec:
     """``brightness`` → low→high; ``brightness:high-low`` → high→low; ``background-color:blue-green``;
     ``corruption:fog-4`` → clean→fog at severity 4."""
+    if "+" in text:
+        return composite_shift(text)
     kind, _, domains = text.partition(":")
     if kind not in _DEFAULT_DOMAINS:
         raise FastmbrError(f"unknown shift {text!r}; known: {', '.join(shift_names())}")
@@ -75,6 +84,18 @@ def parse_shift(text: str) -> ShiftSpec:
             raise FastmbrError(f"shift {text!r}: domains must be A-B with A, B in {', '.join(allowed)}")
         a, b = parts
     return ShiftSpec(kind, a, b)
+
+
+def composite_shift(text: str) -> ShiftSpec:
+    """``brightness+contrast`` or ``brightness:low-high+contrast:high-low``: simultaneous threshold shifts.
+
+    Training sees A1 ∪ A2 (either shift's domain A), testing B1 ∩ B2 (every shift at once), as in Table 4.
+    """
+    parts = tuple(parse_shift(p) for p in text.split("+"))
+    if len(parts) < 2 or any(p.kind not in ("brightness", "contrast") for p in parts):
+        raise FastmbrError(f"shift {text!r}: only brightness and contrast shifts combine with '+'")
+    return ShiftSpec("+".join(p.kind for p in parts), "∪".join(p.a for p in parts), "∩".join(p.b for p in parts),
+                     parts)
 
 
 def brightness(images: torch.Tensor) -> torch.Tensor:
@@ -144,10 +165,18 @@ def split_domains(
         corrupted = cached_corruption(data.images, data.labels, name, severity, seed)
         return {"A": data,
                 "B": LabeledImages(corrupted, data.labels, data.classes, f"{data.source} [{spec.b}]")}
+    if spec.parts:
+        masks = [threshold_masks(data, part, dataset, None) for part in spec.parts]
+        a = torch.stack([m["A"] for m in masks]).any(0)
+        b = torch.stack([m["B"] for m in masks]).all(0)
+        return {"A": data.subset(torch.nonzero(a).flatten()), "B": data.subset(torch.nonzero(b).flatten())}
+    masks = threshold_masks(data, spec, dataset, thresholds)
+    return {role: data.subset(torch.nonzero(mask).flatten()) for role, mask in masks.items()}
+
+
+def threshold_masks(data: LabeledImages, spec: ShiftSpec, dataset: str, thresholds: tuple | None):
+    """Which images fall in domain A's and domain B's band of a brightness or contrast shift."""
     measure = brightness if spec.kind == "brightness" else contrast
     values = measure(data.images)
     limits = thresholds_for(dataset, spec.kind, thresholds)
-    return {
-        role: data.subset(torch.nonzero(band_mask(values, limits, band)).flatten())
-        for role, band in (("A", spec.a), ("B", spec.b))
-    }
+    return {"A": band_mask(values, limits, spec.a), "B": band_mask(values, limits, spec.b)}

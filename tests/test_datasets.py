@@ -105,3 +105,26 @@ def test_class_subsets_are_relabelled_and_bad_specs_are_one_line_errors():
     for bad, message in (("3-12", "classes 0-9"), ("a-b", "expected ranges")):
         with pytest.raises(FastmbrError, match=message):
             parse_classes(bad, 10)
+
+
+def test_composite_shift_trains_on_either_a_and_tests_on_every_b_at_once():
+    from fastmbr.pipelines.shifts import brightness, contrast, parse_shift, split_domains
+    from fastmbr.pipelines.types import LabeledImages
+
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(400, 1, 1, 1, generator=g) * 255
+    hi = lo + torch.rand(400, 1, 1, 1, generator=g) * (255 - lo)
+    share = torch.rand(400, 1, 1, 1, generator=g)
+    lo[:40], hi[:40], share[:40] = 0, 255, 0.9  # bright AND high-contrast images (B1 ∩ B2) are rare otherwise
+    images = torch.where(torch.rand(400, 3, 8, 8, generator=g) < share, hi, lo).round().to(torch.uint8)
+    data = LabeledImages(images, torch.arange(400) % 10, [str(i) for i in range(10)], "synthetic")
+    out = split_domains(data, parse_shift("brightness+contrast"), "gtsrb", seed=0)
+    b, c = brightness(images), contrast(images)
+    expect_a = (b < 40) | (c < 80)
+    expect_b = (b > 170) & (c > 230)
+    assert expect_a.any() and expect_b.any()
+    assert torch.equal(out["A"].images, images[expect_a]) and torch.equal(out["B"].images, images[expect_b])
+    with pytest.raises(FastmbrError, match="only brightness and contrast"):
+        parse_shift("brightness+background-color")
+    with pytest.raises(FastmbrError, match="has no shift 'brightness'"):
+        load_domains("mnist", "brightness+contrast")
