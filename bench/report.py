@@ -74,7 +74,7 @@ def kernel_cases(setup: BenchSetup, quick: bool) -> list[dict]:
 
 def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list[str] | None, console,
               size: str | None = None, image_size: int | None = None, batch: int | None = None,
-              arch: str | None = None) -> Path:
+              arch: str | None = None, amp: bool = False) -> Path:
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     on_gpu = dev.type == "cuda"
@@ -82,7 +82,7 @@ def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list
         device=dev, size=size or ("base" if on_gpu and not quick else "reference-tiny"),
         image_size=image_size or (224 if on_gpu and not quick else 32), batch=batch or (32 if on_gpu else 32),
         arch=arch or ("resnet50" if on_gpu and not quick else "cnn"),
-        repeats=1 if quick else 5, rounds=3, compile=compile,
+        repeats=1 if quick else 5, rounds=3, compile=compile, amp=amp,
     )
     results = []
     for name, case in suite(setup, quick):
@@ -99,7 +99,7 @@ def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list
     print_table(results, console, payload["device"])
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in payload["device"].lower()).strip("-")[:40]
-    mode = ("-quick" if quick else "") + ("-compile" if compile else "")
+    mode = ("-quick" if quick else "") + ("-compile" if compile else "") + ("-amp" if amp else "")
     path = out_dir / f"{slug}-{dt.date.today().isoformat()}{mode}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     console.print(f"written: {path}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,12 @@ class BenchSetup:
     repeats: int = 3
     rounds: int = 3
     compile: bool = False
+    amp: bool = False  # fastmbr's path under bf16 autocast (CUDA; CPUs with AVX512-BF16/AMX); the reference stays fp32
+
+
+def fast_precision(setup: BenchSetup):
+    """The autocast context of fastmbr's path (the reference code runs fp32 throughout)."""
+    return torch.autocast(setup.device.type, dtype=torch.bfloat16) if setup.amp else nullcontext()
 
 
 def sync(device: torch.device) -> None:
@@ -84,14 +91,21 @@ def bench_expand(setup: BenchSetup, k: int) -> dict:
     G = maybe_compile(G, setup)
     x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
     delta = G.sample_delta(setup.batch, k)
+    def fast(fn):
+        def run():
+            with fast_precision(setup):
+                return fn()
+        return run
+
     with torch.no_grad():
         t = side_by_side({
             "reference": lambda: [reference_generate(gen, x, delta[i]) for i in range(k)],
-            "loop": lambda: [G(x, delta[i]) for i in range(k)],
-            "expand": lambda: G.expand(x, delta),
+            "loop": fast(lambda: [G(x, delta[i]) for i in range(k)]),
+            "expand": fast(lambda: G.expand(x, delta)),
         }, setup.device, setup.repeats, setup.rounds)
     images = k * setup.batch
-    return {"case": f"G.expand k={k}", **_rates(t, images, baseline="reference")}
+    precision = " (bf16 vs fp32)" if setup.amp else ""
+    return {"case": f"G.expand k={k}{precision}", **_rates(t, images, baseline="reference")}
 
 
 def tune_decode_chunk(setup: BenchSetup, k: int) -> dict:
@@ -130,17 +144,22 @@ def bench_full_step(setup: BenchSetup, algo_name: str, k: int) -> dict:
     x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
     y = torch.randint(0, 10, (setup.batch,), device=setup.device)
 
-    def step(model, opt, loss_fn):
+    def step(model, opt, loss_fn, precision=nullcontext):
         opt.zero_grad(set_to_none=True)
-        loss_fn().backward()
+        with precision():
+            loss = loss_fn()
+        loss.backward()
         opt.step()
 
     paths = {
         "reference": lambda: step(ref_model, ref_opt, lambda: REFERENCE_LOSSES[algo_name](ref_model, gen, x, y, k)),
-        "fastmbr": lambda: step(fast_model, fast_opt, lambda: algo.loss(fast_step_model, G, x, y)["loss"]),
+        "fastmbr": lambda: step(fast_model, fast_opt, lambda: algo.loss(fast_step_model, G, x, y)["loss"],
+                                lambda: fast_precision(setup)),
     }
     t = side_by_side(paths, setup.device, setup.repeats, setup.rounds)
-    return {"case": f"{algo_name.upper()}-{k} full step ({setup.arch}, MUNIT {setup.size}, {setup.image_size}px)",
+    precision = ", bf16 vs fp32" if setup.amp else ""
+    return {"case": f"{algo_name.upper()}-{k} full step ({setup.arch}, MUNIT {setup.size}, {setup.image_size}px"
+                    f"{precision})",
             **_rates(t, setup.batch, baseline="reference")}
 
 

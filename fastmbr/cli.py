@@ -154,6 +154,7 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="few cases, small sizes (< 3 minutes on 2 CPU cores)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile G's encoder and decoder"),
+    amp: bool = typer.Option(False, "--amp", help="fastmbr's path in bf16 autocast (the reference stays fp32)"),
     only: list[str] = typer.Option([], "--only", help="run only cases whose name contains this"),
     size: Optional[str] = typer.Option(None, help="MUNIT size preset: tiny | base"),
     image_size: Optional[int] = typer.Option(None),
@@ -168,7 +169,7 @@ def bench(
         from fastmbr.engine.trainer import resolve_device
 
         resolve_device(device)
-    run_bench(device, quick, compile, out, only or None, console, size, image_size, batch_size, arch)
+    run_bench(device, quick, compile, out, only or None, console, size, image_size, batch_size, arch, amp)
 
 
 @app.command()
