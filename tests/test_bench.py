@@ -17,3 +17,11 @@ def test_bench_writes_a_result_file_with_device_commit_and_ratios(tmp_path):
     assert {"reference images/s", "loop images/s", "expand images/s", "expand speed-up"} <= set(expand)
     assert all(v > 0 for k, v in expand.items() if k != "case")
     assert cases["decode chunk k=10"]["best"].startswith("chunk=")
+
+
+def test_bench_amp_times_the_fast_path_in_bf16_and_names_it(tmp_path):
+    main(["bench", "--quick", "--device", "cpu", "--size", "tiny", "--batch-size", "4", "--amp",
+          "--only", "mda-3", "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("*-amp.json")
+    (case,) = json.loads(path.read_text())["results"]
+    assert "bf16 vs fp32" in case["case"] and case["fastmbr speed-up"] > 0
