@@ -59,6 +59,7 @@ def train(
                                           "command line for the first start and every restart (torchrun "
                                           "--max-restarts, requeued jobs)"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile (default: on CUDA)"),
+    compile_mode: str = typer.Option("default", help="default | reduce-overhead (CUDA graphs) | max-autotune"),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="bf16 autocast (default: on CUDA)"),
     checkpoint_every: int = typer.Option(0, help="also checkpoint every N steps inside an epoch"),
     max_nonfinite: int = typer.Option(5, help="NaN/inf losses in a row tolerated (each skips its step)"),
@@ -104,6 +105,7 @@ def train(
     cfg.arch = arch or cfg.arch
     cfg.device, cfg.seed, cfg.out = device, seed, out
     cfg.compile, cfg.amp, cfg.checkpoint_every, cfg.max_nonfinite = compile, amp, checkpoint_every, max_nonfinite
+    cfg.compile_mode = compile_mode
     cfg.keep_checkpoints, cfg.log_every = keep_checkpoints, log_every
     options = TrainOptions(accumulate=accumulate, sync_bn=sync_bn, dropout=dropout, deterministic=deterministic)
     metrics, run_dir = run_train(cfg, resume="auto" if auto_resume else resume, progress=progress, options=options)

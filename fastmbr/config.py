@@ -56,6 +56,7 @@ class RunConfig:
     out: str | None = None
     amp: bool | None = None  # None: bf16 autocast on CUDA, fp32 on CPU
     compile: bool | None = None  # None: on for CUDA
+    compile_mode: str = "default"  # torch.compile mode; "reduce-overhead" replays CUDA graphs of the fixed-shape steps
     channels_last: bool | None = None  # None: on for CUDA
     log_every: int = 50
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: once per epoch)
@@ -73,8 +74,9 @@ class RunConfig:
         )
 
 
-_RUN_FIELDS = {"arch", "device", "seed", "out", "amp", "compile", "channels_last", "log_every", "checkpoint_every",
-               "keep_checkpoints", "max_nonfinite"}
+_RUN_FIELDS = {"arch", "device", "seed", "out", "amp", "compile", "compile_mode", "channels_last", "log_every",
+               "checkpoint_every", "keep_checkpoints", "max_nonfinite"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 _DIGITS = {"arch": "cnn", "optim": {"optimizer": "adadelta", "lr": 1.0}, "batch_size": 64}
 # Appendix A: CNN + Adadelta lr 1.0, batch 64, 100 epochs; ImageNet: ResNet-50, SGD 0.05 → 0.001 linear, batch 64
 # (32 for model-based algorithms). Default models of variation per dataset and shift kind.

@@ -75,6 +75,7 @@ def run_cli(args, capsys):
 @pytest.mark.parametrize("args, culprit", [
     (["train", "cifar99"], "unknown dataset 'cifar99'"),
     (["train", "mnist", "--algo", "trades"], "unknown algorithm 'trades'"),
+    (["train", "mnist", "--compile-mode", "turbo"], "unknown --compile-mode 'turbo'"),
     (["train", "mnist", "--algo", "mrt", "-k", "0"], "k must be >= 1"),
     (["train", "mnist", "--algo", "mda", "--lambda", "-1"], "lambda must be >= 0"),
     (["train", "mnist", "--shift", "fog"], "unknown shift 'fog'"),
@@ -194,3 +195,27 @@ def test_fused_optimizer_skips_a_nan_step_on_the_device_like_the_host_path(tmp_p
     for name, tensor in weights[True].items():
         assert torch.isfinite(tensor.float()).all(), name
         torch.testing.assert_close(tensor, weights[False][name], atol=1e-6, rtol=1e-5)
+
+
+def test_compile_mode_reaches_torch_compile_for_classifier_and_g(tmp_path, monkeypatch):
+    """``--compile-mode reduce-overhead`` (CUDA graphs on CUDA) is what torch.compile receives for both."""
+    seen = []
+
+    def record(module, mode="default", **kwargs):
+        seen.append((type(module).__name__, mode))
+        return module
+
+    monkeypatch.setattr(torch, "compile", record)
+    cfg = small_config(tmp_path, algo="mda", epochs=1)
+    cfg.algo.models = ["known:background-color"]
+    cfg.compile, cfg.compile_mode = True, "reduce-overhead"
+    from fastmbr.engine.trainer import Trainer
+
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.setup()
+    from fastmbr.variation.munit import MunitVariation, arch_preset
+    from fastmbr.variation.resolve import compile_variation
+
+    compile_variation(MunitVariation(arch_preset("tiny"), 32), cfg.compile_mode)
+    assert [name for name, _ in seen] == ["Sequential", "ContentEncoder", "Decoder"]  # (normalise, CNN), G
+    assert all(mode == "reduce-overhead" for _, mode in seen)

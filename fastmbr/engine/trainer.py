@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from fastmbr.algorithms import build_algorithm
-from fastmbr.config import RunConfig
+from fastmbr.config import COMPILE_MODES, RunConfig
 from fastmbr.engine import checkpoint as ckpt
 from fastmbr.engine.distributed import (
     DistInfo,
@@ -274,6 +274,8 @@ class Trainer:
     # ---- set-up -------------------------------------------------------------------------------------------
     def check_options(self) -> None:
         o, world, batch = self.options, self.dist.world_size, self.cfg.data.batch_size
+        if self.cfg.compile_mode not in COMPILE_MODES:
+            raise FastmbrError(f"unknown --compile-mode {self.cfg.compile_mode!r}; known: {', '.join(COMPILE_MODES)}")
         if batch % world:
             raise FastmbrError(f"--batch-size {batch} is the global batch and does not split evenly over "
                                f"{world} processes")
@@ -328,7 +330,7 @@ class Trainer:
         """The module training steps call: compiled (CUDA default) and, under torchrun, DDP around it."""
         cfg = self.cfg
         if cfg.compile if cfg.compile is not None else self.on_cuda:
-            model = torch.compile(model)
+            model = torch.compile(model, mode=cfg.compile_mode)
         if self.dist.enabled:
             model = nn.parallel.DistributedDataParallel(model, device_ids=[self.device.index] if self.on_cuda else None)
         return model
@@ -349,7 +351,7 @@ class Trainer:
         if self.G is not None:
             self.G = freeze(self.G).to(self.device)  # replicated on every rank, frozen: never wrapped in DDP
             if cfg.compile if cfg.compile is not None else self.on_cuda:
-                self.G = compile_variation(self.G)
+                self.G = compile_variation(self.G, cfg.compile_mode)
         options = {"alpha": cfg.algo.alpha} if cfg.algo.alpha is not None and cfg.algo.name in ("mat", "pgd") else {}
         self.algo = build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam, **options)
         self.algo.check_variation(self.G)

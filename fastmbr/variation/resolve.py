@@ -37,11 +37,11 @@ def freeze(G: NaturalVariation) -> NaturalVariation:
     return G
 
 
-def compile_variation(G: NaturalVariation) -> NaturalVariation:
+def compile_variation(G: NaturalVariation, mode: str = "default") -> NaturalVariation:
     """torch.compile the heavy parts of learned models (encoder, decoder); known models are cheap elementwise ops."""
     for module in G.modules():
         for part in ("content_encoder", "decoder"):
             inner = getattr(module, part, None)
             if isinstance(inner, torch.nn.Module) and not hasattr(inner, "_orig_mod"):
-                setattr(module, part, torch.compile(inner))
+                setattr(module, part, torch.compile(inner, mode=mode))
     return G
