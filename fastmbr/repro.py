@@ -134,7 +134,7 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
 
 
 def shift_key(shift: str) -> str:
-    """The file stem of a shift's evaluation in a run folder's eval/ (``corruption:snow-3`` → ``corruption_snow-3``)."""
+    """File stem of a shift's evaluation in a run's eval/ (``corruption:snow-3`` → ``corruption_snow-3``)."""
     return shift.replace(":", "_")
 
 
@@ -156,7 +156,10 @@ def collect(root: Path) -> dict[str, list[dict]]:
     for metrics_path in sorted(root.glob("*-s*/metrics.json")):
         run = metrics_path.parent.name.rsplit("-s", 1)[0]
         metrics = json.loads(metrics_path.read_text())
-        metrics["eval"] = {p.stem: json.loads(p.read_text()) for p in sorted(metrics_path.parent.glob("eval/*.json"))}
+        evals = sorted(metrics_path.parent.glob("eval/*.json"))
+        metrics["eval"] = {p.stem: json.loads(p.read_text()) for p in evals}
+        config = metrics_path.parent / "config.json"
+        metrics["config"] = json.loads(config.read_text()) if config.exists() else {}
         runs.setdefault(run, []).append(metrics)
     return runs
 
@@ -192,26 +195,32 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
     runs = collect(root / recipe["name"])
     if not runs:
         raise FastmbrError(f"no finished runs of {recipe['name']} under {root / recipe['name']}")
-    any_metrics = next(iter(runs.values()))[0]
-    seconds = sum(m.get("train_seconds", 0.0) for ms in runs.values() for m in ms)
+    every = [m for ms in runs.values() for m in ms]
+    any_metrics = every[0]
+    seconds = sum(m.get("train_seconds", 0.0) for m in every)
+    data_dirs = sorted({m["config"].get("data", {}).get("data_dir") or "" for m in every} - {""})
+    data_flag = f" --data-dir {data_dirs[0]}" if data_dirs else ""
+    commits = sorted({m.get("commit") or "?" for m in every})
     lines = [
         f"# {recipe['title']}",
         "",
-        f"- command: `fastmbr repro {recipe['name']}{' --full' if full else ''}` then "
+        f"- command: `fastmbr repro {recipe['name']}{' --full' if full else ''}{data_flag}` then "
         f"`fastmbr repro {recipe['name']} --report`",
-        f"- commit: {git_sha()}, device: {any_metrics.get('device')}, generated {dt.date.today().isoformat()}",
+        f"- runs trained at commit(s) {', '.join(commits)}; report generated at {git_sha()} on "
+        f"{dt.date.today().isoformat()}; device: {any_metrics.get('device')}",
         f"- data: {any_metrics['dataset']} {any_metrics['shift']}; counts {json.dumps(any_metrics.get('counts', {}))}",
         f"- budget: {json.dumps(recipe.get('full' if full else 'settings', {}))}; training wall time "
         f"{seconds / 60:.1f} min in all; model selection on A's validation split",
         "",
-        "| algorithm | seeds | A test top-1 | B test top-1 | B test top-5 | paper (B top-1) |",
-        "|---|---|---|---|---|---|",
+        "| algorithm | model of variation, k | seeds | A test top-1 | B test top-1 | B test top-5 | paper (B top-1) |",
+        "|---|---|---|---|---|---|---|",
     ]
     paper = recipe.get("paper", {})
     for run in recipe["runs"]:
         ms = runs.get(run, [])
         lines.append(
-            f"| {run.upper()} | {len(ms)} | {mean_sd([m['test']['A']['top1'] for m in ms])} | "
+            f"| {run.upper()} | {run_model(recipe, run)} | {len(ms)} | "
+            f"{mean_sd([m['test']['A']['top1'] for m in ms])} | "
             f"{mean_sd([m['test']['B']['top1'] for m in ms])} | {mean_sd([m['test']['B']['top5'] for m in ms])} | "
             f"{paper.get(run, '–')} |"
         )
@@ -224,6 +233,20 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
         lines += shift_curve_section(recipe, runs, out.parent / recipe["name"])
     out.write_text("\n".join(lines))
     return out
+
+
+def run_model(recipe: dict, run: str) -> str:
+    """What the run's algorithm used: its models of variation (``learned:NAME`` → NAME, learned) and k."""
+    from fastmbr.algorithms import build_algorithm
+
+    cfg = run_config(recipe, run, 0, False, None, "cpu", Path("."))
+    k = build_algorithm(cfg.algo.name, k=cfg.algo.k).k  # the algorithm's default when the recipe sets none
+    if cfg.algo.name == "pgd":
+        return f"x + δ, ℓ∞ ≤ 8/255, {k} steps"
+    if cfg.algo.name in ("erm", "adda", "augmix"):
+        return "–"
+    models = [m if m.startswith("known:") else Path(m).name + " (learned)" for m in cfg.algo.models]
+    return f"{' ∘ '.join(models)}, k={k}"
 
 
 def sweep_points(recipe: dict, runs: dict[str, list[dict]]) -> dict[str, list[tuple[int, list[float]]]]:
