@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -37,24 +38,29 @@ def test_run_folder_holds_config_metrics_and_checkpoints(tmp_path):
     assert ckpt.list_checkpoints(run_dir)
 
 
-def test_resume_from_mid_epoch_checkpoint_equals_uninterrupted_run(tmp_path):
-    cfg = small_config(tmp_path, epochs=2)
+def assert_resume_from_checkpoint_is_exact(cfg, tmp_path, epoch: int, batch: int) -> Path:
+    """Train, then replay the run as if killed right after checkpoint (epoch, batch): same final weights."""
     cfg.checkpoint_every, cfg.keep_checkpoints = 2, 100
     _, run_dir = train(cfg, progress=False)
     reference = final_weights(run_dir)
     interrupted = tmp_path / "interrupted"
     shutil.copytree(run_dir, interrupted)
     checkpoints = ckpt.list_checkpoints(interrupted)
-    mid = [p for p in checkpoints if p.name == ckpt.checkpoint_name(1, 2)]
+    mid = [p for p in checkpoints if p.name == ckpt.checkpoint_name(epoch, batch)]
     assert mid, [p.name for p in checkpoints]
     for later in checkpoints[checkpoints.index(mid[0]) + 1:]:
-        later.unlink()  # as if the process had been killed right after writing the mid-epoch checkpoint
+        later.unlink()
     (interrupted / "metrics.json").unlink()
     cfg.out = str(interrupted)
     train(cfg, resume=True, progress=False)
     resumed = final_weights(interrupted)
     for name, tensor in reference.items():
         assert torch.equal(tensor, resumed[name]), name
+    return run_dir
+
+
+def test_resume_from_mid_epoch_checkpoint_equals_uninterrupted_run(tmp_path):
+    assert_resume_from_checkpoint_is_exact(small_config(tmp_path, epochs=2), tmp_path, epoch=1, batch=2)
 
 
 def test_torn_checkpoint_falls_back_to_the_previous_one(tmp_path):
@@ -149,23 +155,9 @@ def test_export_run_classifier_to_onnx_matches_pytorch(tmp_path):
 
 def test_adda_after_warmup_resumes_exactly_and_needs_a_warmup(tmp_path, capsys):
     cfg = small_config(tmp_path, algo="adda", epochs=2)
-    cfg.optim.warmup_epochs, cfg.checkpoint_every, cfg.keep_checkpoints = 1, 2, 100
-    _, run_dir = train(cfg, progress=False)
-    reference = final_weights(run_dir)
+    cfg.optim.warmup_epochs = 1
+    run_dir = assert_resume_from_checkpoint_is_exact(cfg, tmp_path, epoch=1, batch=4)
     assert "critic" in ckpt.load_latest(run_dir)["algo"]
-    interrupted = tmp_path / "interrupted"
-    shutil.copytree(run_dir, interrupted)
-    checkpoints = ckpt.list_checkpoints(interrupted)
-    mid = [p for p in checkpoints if p.name == ckpt.checkpoint_name(1, 4)]
-    assert mid, [p.name for p in checkpoints]
-    for later in checkpoints[checkpoints.index(mid[0]) + 1:]:
-        later.unlink()
-    (interrupted / "metrics.json").unlink()
-    cfg.out = str(interrupted)
-    train(cfg, resume=True, progress=False)
-    resumed = final_weights(interrupted)
-    for name, tensor in reference.items():
-        assert torch.equal(tensor, resumed[name]), name
     code, err = run_cli(["train", "mnist", "--algo", "adda", "--epochs", "1", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and len(err) == 1 and "--warmup-epochs" in err[0]
 
