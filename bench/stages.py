@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from fastmbr.algorithms import build_algorithm
+from fastmbr.bench.flops import flops_of, throughput
 from fastmbr.bench.kernels import seconds_per_call
 from fastmbr.bench.reference import REFERENCE_LOSSES, reference_generate
 from fastmbr.models import build_classifier
@@ -160,7 +161,9 @@ def bench_full_step(setup: BenchSetup, algo_name: str, k: int) -> dict:
     precision = ", bf16 vs fp32" if setup.amp else ""
     return {"case": f"{algo_name.upper()}-{k} full step ({setup.arch}, MUNIT {setup.size}, {setup.image_size}px"
                     f"{precision})",
-            **_rates(t, setup.batch, baseline="reference")}
+            **_rates(t, setup.batch, baseline="reference"),
+            **throughput(flops_of(paths["fastmbr"]), t["fastmbr"], setup.device, "fastmbr"),
+            **throughput(flops_of(paths["reference"]), t["reference"], setup.device, "reference")}
 
 
 def bench_classifier_step(setup: BenchSetup) -> dict:

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from fastmbr.cli import main
 
 
@@ -25,3 +27,13 @@ def test_bench_amp_times_the_fast_path_in_bf16_and_names_it(tmp_path):
     (path,) = tmp_path.glob("*-amp.json")
     (case,) = json.loads(path.read_text())["results"]
     assert "bf16 vs fp32" in case["case"] and case["fastmbr speed-up"] > 0
+    # encode once, no style encoder: fastmbr's step does fewer FLOPs than the reference's
+    assert 0 < case["fastmbr GFLOP/call"] < case["reference GFLOP/call"]
+    assert case["fastmbr TFLOP/s"] > 0 and "fastmbr fraction of bf16 peak" not in case  # no peak known for a CPU
+
+
+def test_flop_counter_matches_the_formula_for_a_convolution():
+    from fastmbr.bench.flops import flops_of
+
+    x, w = torch.rand(2, 3, 8, 8), torch.rand(4, 3, 3, 3)
+    assert flops_of(lambda: torch.nn.functional.conv2d(x, w)) == 2 * 2 * 4 * 6 * 6 * 3 * 3 * 3
