@@ -99,7 +99,8 @@ def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list
     print_table(results, console, payload["device"])
     out_dir.mkdir(parents=True, exist_ok=True)
     slug = "".join(c if c.isalnum() else "-" for c in payload["device"].lower()).strip("-")[:40]
-    mode = ("-quick" if quick else "") + ("-compile" if compile else "") + ("-amp" if amp else "")
+    mode = ("-quick" if quick else "") + ("-compile" if compile else "") + ("-amp" if amp else "") + \
+        ("-only-" + "".join(c if c.isalnum() else "-" for c in "-".join(only)) if only else "")
     path = out_dir / f"{slug}-{dt.date.today().isoformat()}{mode}.json"
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
     console.print(f"written: {path}")

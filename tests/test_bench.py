@@ -24,7 +24,7 @@ def test_bench_writes_a_result_file_with_device_commit_and_ratios(tmp_path):
 def test_bench_amp_times_the_fast_path_in_bf16_and_names_it(tmp_path):
     main(["bench", "--quick", "--device", "cpu", "--size", "tiny", "--batch-size", "4", "--amp",
           "--only", "mda-3", "--out", str(tmp_path)])
-    (path,) = tmp_path.glob("*-amp.json")
+    (path,) = tmp_path.glob("*-amp-only-mda-3.json")
     (case,) = json.loads(path.read_text())["results"]
     assert "bf16 vs fp32" in case["case"] and case["fastmbr speed-up"] > 0
     # encode once, no style encoder: fastmbr's step does fewer FLOPs than the reference's
