@@ -158,6 +158,8 @@ def test_adda_after_warmup_resumes_exactly_and_needs_a_warmup(tmp_path, capsys):
     cfg.optim.warmup_epochs = 1
     run_dir = assert_resume_from_checkpoint_is_exact(cfg, tmp_path, epoch=1, batch=4)
     assert "critic" in ckpt.load_latest(run_dir)["algo"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["selection"].startswith("the last epoch (2)")
     code, err = run_cli(["train", "mnist", "--algo", "adda", "--epochs", "1", "--out", str(tmp_path / "x")], capsys)
     assert code == 2 and len(err) == 1 and "--warmup-epochs" in err[0]
 

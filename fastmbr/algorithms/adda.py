@@ -5,7 +5,8 @@ ADDA step a frozen copy of that classifier becomes the source model. Stage 2 the
 extractor (the target encoder, initialised from the source) against a critic that tells source features of A
 images from target features of unlabelled B images; the classification head stays the source's. The critic is
 an MLP (500, 500, 1) with its own Adam, stepped inside ``loss``; its state and the source copy are part of the
-algorithm's ``state_dict`` so a resumed run continues exactly.
+algorithm's ``state_dict`` so a resumed run continues exactly. The reported model is the last epoch's, as in
+Tzeng et al.'s fixed schedule: A's validation split (the only labelled data) would pick the unadapted source.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class ADDA(Algorithm):
     critic_lr: float = 2e-4
     uses_target = True
     needs_warmup = True
+    select_last = True  # adaptation trades A accuracy for B: selecting on A's validation would undo it
     target: torch.Tensor | None = field(default=None, repr=False)
     source: nn.Module | None = field(default=None, repr=False)
     critic: nn.Module | None = field(default=None, repr=False)

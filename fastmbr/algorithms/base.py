@@ -28,6 +28,7 @@ class Algorithm:
     uses_variation = False  # does the algorithm need a model of variation G?
     uses_target = False  # does it need unlabelled domain-B training images (attach_target)? (ADDA)
     needs_warmup = False  # does it start from an ERM warm-up (source training)? (ADDA)
+    select_last = False  # report the last epoch instead of the best on A's validation split (ADDA)
 
     def __post_init__(self):
         if self.k < 1:

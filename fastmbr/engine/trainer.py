@@ -595,7 +595,7 @@ class Trainer:
         record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": train["acc"], "val": val,
                   "lr": self.optimizer.param_groups[0]["lr"]}
         self.history.append(record)
-        if val["top1"] > self.best["top1"]:
+        if val["top1"] > self.best["top1"] or self.algo.select_last:
             self.best = {"top1": val["top1"], "epoch": epoch + 1}
             if self.dist.is_main:
                 ckpt.atomic_write(self.run_dir / "best.pt", lambda f: torch.save(self.model.state_dict(), f))
@@ -629,7 +629,9 @@ class Trainer:
         metrics = {
             "dataset": self.cfg.data.dataset, "shift": self.domains.shift.label, "algorithm": self.cfg.algo.name,
             "test": test, "val": self.history[-1]["val"] if self.history else {},
-            "selection": f"best top-1 on A's validation split (epoch {self.best['epoch']})",
+            "selection": (f"the last epoch ({self.best['epoch']}): {self.algo.name} adapts to B, which A's "
+                          f"validation split cannot judge" if self.algo.select_last else
+                          f"best top-1 on A's validation split (epoch {self.best['epoch']})"),
             "epochs": self.history, "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds, "nonfinite_skipped": self.skipped_total(),
             "device": str(self.device), "world_size": self.dist.world_size,
