@@ -75,3 +75,16 @@ def test_without_target_images_is_a_one_line_error():
                                      torch.zeros(2, dtype=torch.long))
     with pytest.raises(FastmbrError, match="unlabelled domain-B"):
         build_algorithm("adda").attach_target(torch.zeros(0, 3, 16, 16, dtype=torch.uint8), seed=0)
+
+
+def test_target_features_see_no_dropout_and_the_mode_is_restored():
+    from fastmbr.algorithms.adda import dropout_off
+
+    model = build_classifier("cnn", 4, image_size=16).train()
+    x = torch.rand(5, 3, 16, 16)
+    with dropout_off(model):
+        first, second = logits_and_features(model, x)[1], logits_and_features(model, x)[1]
+    torch.testing.assert_close(first, second)
+    assert all(m.training for m in model.modules())
+    noisy = [logits_and_features(model, x)[1] for _ in range(2)]
+    assert not torch.equal(noisy[0], noisy[1])

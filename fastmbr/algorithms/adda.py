@@ -12,6 +12,7 @@ Tzeng et al.'s fixed schedule: A's validation split (the only labelled data) wou
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,20 @@ def logits_and_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     finally:
         handle.remove()
     return logits, caught["features"]
+
+
+@contextmanager
+def dropout_off(model: nn.Module):
+    """Dropout layers in eval mode (the rest untouched): target features as clean as the frozen source's, so the
+    critic cannot tell the domains apart by dropout noise alone."""
+    dropouts = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.training]
+    for m in dropouts:
+        m.eval()
+    try:
+        yield model
+    finally:
+        for m in dropouts:
+            m.train()
 
 
 def make_critic(width: int, hidden: int = 500) -> nn.Sequential:
@@ -101,7 +116,8 @@ class ADDA(Algorithm):
     def loss(self, model, G, x, y):
         if self.target is None:
             raise FastmbrError("adda: no target images attached (the trainer attaches domain B's training pool)")
-        _, target_features = logits_and_features(model, self.target_batch(x.shape[0], x))
+        with dropout_off(model):
+            _, target_features = logits_and_features(model, self.target_batch(x.shape[0], x))
         if self.source is None:
             self.start(model, target_features.shape[1], x.device)
         with torch.no_grad(), frozen(model) as inner_model:
