@@ -176,7 +176,8 @@ def reading(recipe: dict, runs: dict[str, list[dict]]) -> str:
     on_b = {run: statistics.mean(m["test"]["B"]["top1"] for m in ms) for run, ms in runs.items() if ms}
     if "erm" not in on_b:
         return "ERM has not run yet."
-    model_based = {r: v for r, v in on_b.items() if r in ("mrt", "mat", "mda")}
+    model_based = {r: v for r, v in on_b.items()
+                   if recipe["runs"].get(r, {}).get("algo") in ("mrt", "mat", "mda")}
     if not model_based:
         return "No model-based run has finished yet."
     best = max(model_based, key=model_based.get)
