@@ -94,3 +94,18 @@ def test_recipe_runs_then_scores_each_evaluation_shift_into_a_curve(tmp_path, mo
     assert f"| ERM | {b_top1[0]:.1f} ± 0.0 | {b_top1[1]:.1f} ± 0.0 |" in text
     assert "| ERM | – | 1 | " in text
     assert (tmp_path / "results" / "tiny_curve" / "shifts.png").exists()
+
+
+def test_reading_calls_gaps_within_seed_spread_and_skips_rows_with_fewer_seeds():
+    from fastmbr.repro import reading
+
+    recipe = load_recipe("t5_usps")
+
+    def runs(**b):
+        return {run: [{"test": {"B": {"top1": v}}} for v in values] for run, values in b.items()}
+
+    clear = reading(recipe, runs(erm=[80.0, 81.0, 82.0], mrt=[90.0, 91.0, 92.0], mda=[99.0]))
+    assert "MRT vs ERM on B: +10.0" in clear and "3 vs 3 seeds" in clear and "agrees" in clear
+    noisy = reading(recipe, runs(erm=[70.0, 80.0, 90.0], mrt=[72.0, 82.0, 92.0]))
+    assert "within the spread" in noisy
+    assert "does not reproduce" in reading(recipe, runs(erm=[80.0, 80.0], mrt=[70.0, 71.0]))
