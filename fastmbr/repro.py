@@ -191,7 +191,9 @@ def reading(recipe: dict, runs: dict[str, list[dict]]) -> str:
     paper = recipe.get("paper", {})
     paper_part = f" (paper: {paper[best] - paper['erm']:+.1f})" if best in paper and "erm" in paper else ""
     seeds = f"{len(candidates[best])} vs {len(erm)} seeds"
-    if gap <= 0:
+    if len(erm) < 2 or len(candidates[best]) < 2:
+        verdict = "one seed: no spread over seeds to judge the gap against"
+    elif gap <= 0:
         verdict = "does not reproduce the paper's gain on B under this budget"
     elif gap <= spread:
         verdict = f"a gain within the spread over seeds (± {spread:.1f}), not a clear one"

@@ -109,3 +109,4 @@ def test_reading_calls_gaps_within_seed_spread_and_skips_rows_with_fewer_seeds()
     noisy = reading(recipe, runs(erm=[70.0, 80.0, 90.0], mrt=[72.0, 82.0, 92.0]))
     assert "within the spread" in noisy
     assert "does not reproduce" in reading(recipe, runs(erm=[80.0, 80.0], mrt=[70.0, 71.0]))
+    assert "one seed" in reading(recipe, runs(erm=[80.0], mrt=[90.0]))
