@@ -130,14 +130,10 @@ class EpochMeter:
 
     def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None):
         """Add a step's sums; ``weight`` (a 0/1 device tensor) drops a skipped step without a host read."""
-        if weight is None:
-            self.loss += loss.detach().double() * y.shape[0]
-            self.correct += (logits.argmax(1) == y).sum()
-            self.seen += y.shape[0]
-            return
+        correct = (logits.argmax(1) == y).sum()
         self.loss += loss.detach().double() * y.shape[0]
-        self.correct += ((logits.argmax(1) == y).sum() * weight).long()
-        self.seen += (weight * y.shape[0]).long()
+        self.correct += correct if weight is None else (correct * weight).long()
+        self.seen += y.shape[0] if weight is None else (weight * y.shape[0]).long()
 
     def state(self) -> dict:
         return {"loss": float(self.loss), "correct": int(self.correct), "seen": int(self.seen)}
