@@ -7,9 +7,9 @@ Scale-out: under ``torchrun`` the same command runs data-parallel (DistributedDa
 G is frozen and replicated on every rank, never wrapped). ``--batch-size`` is the GLOBAL batch: each of the
 W ranks takes ``batch/W`` samples of every global batch (the loaders' shards), optionally in ``--accumulate``
 micro-batches whose gradients are only all-reduced on the last (``no_sync``). Decisions every rank must take
-together (skip a non-finite step, stop on a signal) go through one small all-reduce per step — or, with a
-fused optimizer (SGD, Adam), none: the skip is decided on the device (``found_inf``) and signals are agreed on
-at log intervals, so a step never waits for the host. Validation
+together (skip a non-finite step, stop on a signal) go through one small all-reduce per step — or, with an
+optimizer that skips on the device (fused SGD/Adam, ``optim.MaskedAdadelta``), none: the skip is decided on the
+device (``found_inf``) and signals are agreed on at log intervals, so a step never waits for the host. Validation
 and test accuracy are computed on a strided 1/W of each split per rank and the counts summed, so every rank
 holds the same numbers. Rank 0 alone writes the run folder; the per-rank parts of the state (RNG streams,
 epoch meters) are gathered into the checkpoint as lists indexed by rank, and each rank restores its own.
@@ -47,6 +47,7 @@ from fastmbr.engine.distributed import (
     shutdown,
 )
 from fastmbr.engine.evaluate import accuracy
+from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
 from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, read_json, write_json
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
@@ -66,18 +67,6 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise FastmbrError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
-
-
-def build_optimizer(cfg: RunConfig, params, device: torch.device) -> torch.optim.Optimizer:
-    o = cfg.optim
-    fused = {"fused": True} if o.fused else {}  # one kernel per step (CUDA and CPU), skips non-finite steps
-    if o.optimizer == "adadelta":
-        return torch.optim.Adadelta(params, lr=o.lr, weight_decay=o.weight_decay)
-    if o.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay, **fused)
-    if o.optimizer == "adam":
-        return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay, **fused)
-    raise FastmbrError(f"unknown optimizer {o.optimizer!r}; known: adadelta, sgd, adam")
 
 
 def build_scheduler(cfg: RunConfig, optimizer, total_steps: int):
@@ -154,8 +143,9 @@ class EpochMeter:
 class SkippedSteps:
     """Non-finite steps skipped on the device: total, the current run of them and the longest run.
 
-    Used with the fused optimizers, which take a ``found_inf`` flag and leave weights and state untouched when
-    it is set, so no step has to read the loss on the host; the counts are read at log intervals.
+    Used with the optimizers that take a ``found_inf`` flag (fused SGD/Adam, MaskedAdadelta) and leave weights
+    and state untouched when it is set, so no step has to read the loss on the host; the counts are read at log
+    intervals.
     """
 
     device: torch.device
@@ -355,7 +345,7 @@ class Trainer:
             self.attach_target()
         self.warmup = build_algorithm("erm")
         self.train_loader = self.loader(self.domains.train, train=True)
-        self.optimizer = build_optimizer(cfg, self.model.parameters(), self.device)
+        self.optimizer = build_optimizer(cfg, self.model.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, cfg.optim.epochs * len(self.train_loader))
         self.step_model = self.wrap_for_steps(self.model)
         self.meter = EpochMeter(self.device)
@@ -364,7 +354,7 @@ class Trainer:
         self.position = (0, 0)
         self.nonfinite_total = 0
         self.skipped = SkippedSteps(self.device)
-        self.skip_on_device = bool(self.optimizer.defaults.get("fused"))
+        self.skip_on_device = skips_nonfinite_on_device(self.optimizer)
         self.images_seen, self.train_seconds = 0, 0.0
         self.fault = InjectedFault.from_env(self.dist)
         seed_everything(rank_seed(cfg.seed, self.dist.rank))  # per-rank streams: dropout masks, δ draws
@@ -458,7 +448,7 @@ class Trainer:
         rank stops them all after this step. The gradients are computed even for a non-finite loss, because
         DDP's gradient all-reduce needs every rank and no rank knows the others' losses before it.
 
-        With a fused optimizer nothing is read on the host: the skip happens on the device (``found_inf``), the
+        With such an optimizer (``skip_on_device``) nothing is read on the host: the skip happens on the device (``found_inf``), the
         skipped steps are counted there, and signals are agreed on at log intervals (``at_log``) only.
         """
         self.optimizer.zero_grad(set_to_none=True)
