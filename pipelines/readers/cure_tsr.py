@@ -4,6 +4,10 @@ Names follow ``<sequenceType>_<signType>_<challengeType>_<challengeLevel>_<index
 ``01_04_00_00_0001.bmp`` (real sequence, sign 4, no challenge). Images lie anywhere below ``<root>/Real_Train`` or
 ``<root>/Real_Test`` (the release nests them in per-challenge folders; ``train/`` and ``test/`` are accepted too).
 Crops vary in size, so they are resized to ``size``×``size`` on read.
+
+Every challenged image is rendered from a challenge-free frame with the same sequence, sign and index, so each
+image also carries a frame id: images sharing one are renderings of one crop. Ids are numbered within a split
+(Real_Train and Real_Test are separate recordings), so they are compared only inside one split.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -34,21 +39,38 @@ _NAME = re.compile(r"^(\d{2})_(\d{2})_(\d{2})_(\d{2})_(\d+)\.bmp$", re.IGNORECAS
 
 @dataclass
 class CureTsrImages(LabeledImages):
-    """LabeledImages plus each image's challenge type (index into CHALLENGE_TYPES) and level (0-5)."""
+    """LabeledImages plus each image's challenge type (index into CHALLENGE_TYPES), level (0-5) and frame id.
+
+    ``frames`` defaults to one frame per image (position order) when the caller knows no pairing.
+    """
 
     challenge_types: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     challenge_levels: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    frames: torch.Tensor | None = None
 
     def __post_init__(self):
         super().__post_init__()
         n = len(self)
+        if self.frames is None:
+            self.frames = torch.arange(n)
         assert self.challenge_types.shape == (n,) and self.challenge_levels.shape == (n,)
+        assert self.frames.shape == (n,)
 
     def subset(self, index: torch.Tensor) -> "CureTsrImages":
         return CureTsrImages(
             self.images[index], self.labels[index], self.classes, self.source,
-            self.challenge_types[index], self.challenge_levels[index],
+            self.challenge_types[index], self.challenge_levels[index], self.frames[index],
         )
+
+
+class CureTsrName(NamedTuple):
+    """What a CURE-TSR file name says: the label and challenge, and the frame (sequence, sign, index) it shows."""
+
+    label: int
+    challenge: int
+    level: int
+    sequence: int
+    index: int
 
 
 def split_folder(root: Path, split: str) -> Path:
@@ -60,19 +82,25 @@ def split_folder(root: Path, split: str) -> Path:
     raise FastmbrError(f"{root}: no {' or '.join(SPLIT_FOLDERS[split])} folder (CURE-TSR {split} split)")
 
 
-def parse_name(path: Path) -> tuple[int, int, int]:
-    """File name → (label 0-13, challenge type 0-12, challenge level 0-5); anything else names the file."""
+def parse_name(path: Path) -> CureTsrName:
+    """File name → label 0-13, challenge type 0-12, level 0-5, sequence and index; anything else names the file."""
     match = _NAME.match(path.name)
     if match is None:
         raise FastmbrError(f"{path}: not a CURE-TSR name <sequence>_<sign>_<challenge>_<level>_<index>.bmp")
-    _, sign, challenge, level, _ = (int(g) for g in match.groups())
+    sequence, sign, challenge, level, index = (int(g) for g in match.groups())
     if not 1 <= sign <= len(SIGN_TYPES):
         raise FastmbrError(f"{path}: sign type {sign:02d} outside 01-{len(SIGN_TYPES)}")
     if not 0 <= challenge < len(CHALLENGE_TYPES):
         raise FastmbrError(f"{path}: challenge type {challenge:02d} outside 00-{len(CHALLENGE_TYPES) - 1:02d}")
     if not 0 <= level <= MAX_LEVEL:
         raise FastmbrError(f"{path}: challenge level {level:02d} outside 00-{MAX_LEVEL:02d}")
-    return sign - 1, challenge, level
+    return CureTsrName(sign - 1, challenge, level, sequence, index)
+
+
+def frame_ids(names: list[CureTsrName]) -> torch.Tensor:
+    """Dense ids 0..F-1, one per distinct (sequence, sign, index): the frame every rendering of a crop shares."""
+    keys = torch.tensor([(n.sequence, n.label, n.index) for n in names], dtype=torch.int64)
+    return torch.unique(keys, dim=0, return_inverse=True)[1]
 
 
 def list_bmps(folder: Path) -> list[Path]:
@@ -83,10 +111,11 @@ def list_bmps(folder: Path) -> list[Path]:
 
 
 def read(root: Path, split: str, size: int = 32) -> CureTsrImages:
-    """CURE-TSR as uint8 RGB ``[N, 3, size, size]``, labels 0-13, with per-image challenge type and level."""
+    """CURE-TSR as uint8 RGB ``[N, 3, size, size]``, labels 0-13, with per-image challenge type, level and frame."""
     folder = split_folder(root, split)
     paths = list_bmps(folder)
-    parsed = torch.tensor([parse_name(p) for p in paths], dtype=torch.int64)
+    names = [parse_name(p) for p in paths]
+    column = torch.tensor(names, dtype=torch.int64).T
     images = decode_all(paths, size=(size, size))
-    return CureTsrImages(images, parsed[:, 0].contiguous(), list(SIGN_TYPES), str(folder),
-                         parsed[:, 1].contiguous(), parsed[:, 2].contiguous())
+    return CureTsrImages(images, column[0].contiguous(), list(SIGN_TYPES), str(folder),
+                         column[1].contiguous(), column[2].contiguous(), frame_ids(names))
