@@ -2,6 +2,8 @@
 
 ``load_split`` reads one split as stored; ``load_domains`` prepares images (RGB, the preset size), applies the
 shift, and carves a validation split out of domain A's training data, so model selection never sees B.
+Splits inside one stored split are keyed by frame (shifts.frame_ids): every rendering of a frame lands on one side,
+so neither the validation split nor G's unlabelled A and B pools share a frame with their counterpart.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from fastmbr.errors import FastmbrError
-from fastmbr.pipelines.shifts import ShiftSpec, parse_shift, split_domains
+from fastmbr.pipelines.shifts import PAIRED_SHIFTS, ShiftSpec, frame_ids, parse_shift, split_domains
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
 
@@ -53,8 +55,8 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("gtsrb", f"{_R}.imagefolder:read", "gtsrb", 43, 32, ("train", "test"),
                     ("brightness", "contrast", "corruption"), "brightness", description="GTSRB PNG folders"),
         DatasetInfo("cure-tsr", f"{_R}.cure_tsr:read", "cure-tsr", 14, 32, ("train", "test"),
-                    ("none", "corruption"), "none",
-                    description="CURE-TSR (challenge type and level in the file names)"),
+                    ("challenge", "none", "corruption"), "challenge",
+                    description="CURE-TSR (challenge type and level in the file names; challenge:snow-2 default)"),
         DatasetInfo("tiny-imagenet", f"{_R}.imagefolder:read", "tiny-imagenet", 200, 64, ("val",),
                     ("none", "corruption"), "none", description="Tiny-ImageNet JPEG folder"),
         DatasetInfo("imagenette", f"{_R}.imagefolder:read_files", "imagenette", 10, 224, ("val",), ("none",),
@@ -137,6 +139,32 @@ def deterministic_split(n: int, fraction: float, seed: int) -> tuple[torch.Tenso
     return perm[cut:].sort().values, perm[:cut].sort().values
 
 
+def frame_split(data, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``deterministic_split`` over the distinct frames of ``data``: indices (rest, carved), a frame's images together.
+
+    Without frame ids every image is its own frame, and this is ``deterministic_split(len(data), ...)`` exactly.
+    """
+    keys, frame_of = torch.unique(frame_ids(data), return_inverse=True)
+    _, carved_keys = deterministic_split(len(keys), fraction, seed)
+    carved = torch.zeros(len(keys), dtype=torch.bool)
+    carved[carved_keys] = True
+    side = carved[frame_of]
+    return torch.nonzero(~side).flatten(), torch.nonzero(side).flatten()
+
+
+def unlabeled_pools(domains: dict[str, LabeledImages], spec: ShiftSpec, seed: int, notes: list[str]):
+    """G's unlabelled training pools: every domain whole, or, for a paired shift, A and B from disjoint halves of
+    the frames, so that G never sees two renderings of one frame."""
+    if spec.kind not in PAIRED_SHIFTS:
+        return dict(domains)
+    frames_a, frames_b = frame_ids(domains["A"]), frame_ids(domains["B"])
+    keys = torch.unique(torch.cat([frames_a, frames_b]))
+    half_a, half_b = deterministic_split(len(keys), 0.5, seed)
+    notes.append(f"unlabelled G pools: A and B ({spec.kind}) from disjoint halves of the training frames")
+    return {"A": domains["A"].subset(torch.nonzero(torch.isin(frames_a, keys[half_a])).flatten()),
+            "B": domains["B"].subset(torch.nonzero(torch.isin(frames_b, keys[half_b])).flatten())}
+
+
 def limited(data, limit: int | None, seed: int, notes: list[str]):
     """A seeded random subset of ``limit`` images (files are often sorted by class: never just the first N)."""
     if limit is None or limit >= len(data):
@@ -205,11 +233,6 @@ def select_classes(data: LabeledImages | ImageFiles, keep: list[int]) -> Labeled
     return dataclasses.replace(sub, labels=remap[sub.labels], classes=[data.classes[i] for i in keep])
 
 
-# shifts that make A and B from the SAME images (painted or corrupted twice): G's pools use disjoint halves so
-# that G never sees a pair
-PAIRED_SHIFTS = ("background-color", "corruption")
-
-
 def load_domains(
     name: str,
     shift: str | None = None,
@@ -238,7 +261,7 @@ def load_domains(
         train, test = select_classes(train, keep), select_classes(test, keep)
     if not info.in_memory or isinstance(train, ImageFiles):
         train = limited(train, limit, seed, notes)
-        rest, carved = deterministic_split(len(train), val_fraction, seed)
+        rest, carved = frame_split(train, val_fraction, seed)
         return Domains(info, spec, train.subset(rest), train.subset(carved), {"A": test}, notes=notes)
     size = image_size or info.image_size
     train, test = prepare(train, size), prepare(test, size)
@@ -247,10 +270,6 @@ def load_domains(
     train_a = limited(train_domains["A"], limit, seed, notes)
     if len(train_a) == 0:
         raise FastmbrError(f"{name} {spec.label}: domain A of the training split is empty")
-    rest, carved = deterministic_split(len(train_a), val_fraction, seed)
-    unlabeled = dict(train_domains)
-    if spec.kind in PAIRED_SHIFTS:
-        pool_a, pool_b = deterministic_split(len(train), 0.5, seed + 3)
-        unlabeled = {"A": train_domains["A"].subset(pool_a), "B": train_domains["B"].subset(pool_b)}
-        notes.append(f"unlabelled G pools: A and B ({spec.kind}) from disjoint halves of the training images")
+    rest, carved = frame_split(train_a, val_fraction, seed)
+    unlabeled = unlabeled_pools(train_domains, spec, seed + 3, notes)
     return Domains(info, spec, train_a.subset(rest), train_a.subset(carved), test_domains, unlabeled, notes)

@@ -4,16 +4,23 @@ A shift turns one split of a dataset into named domains. ``background-color`` pa
 blue (A) or red (B) backgrounds; ``corruption:NAME-S`` corrupts every image (B) of the clean split (A), see
 corruptions.py; ``brightness`` and ``contrast`` threshold real images by Table 10
 (brightness B(x) = mean pixel value 0-255, contrast C(x) = max - min) into low / medium / high bands, and a
-spec such as ``brightness:high-low`` picks which bands are A and B.
+spec such as ``brightness:high-low`` picks which bands are A and B; ``challenge:TYPE-LEVEL`` (CURE-TSR) takes
+the challenge-free images (A) and those of one challenge type at one level 1-5 (B), as in Table 2.
+
+Paired shifts render A and B from the same underlying frames (a digit painted twice, an image and its
+corruption, a CURE-TSR crop and its snowy rendering); ``frame_ids`` names each image's frame, so that a split
+keyed by frame keeps every rendering of a frame on one side.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.readers.cure_tsr import CHALLENGE_TYPES, MAX_LEVEL, CureTsrImages
 from fastmbr.pipelines.types import LabeledImages
 
 # Table 10: (low, (medium_lo, medium_hi), high); a band is low < t_low, medium in (lo, hi), high > t_high.
@@ -28,6 +35,9 @@ COLOUR_RANGES = {
     "red": ((0.6, 1.0), (0.0, 0.2), (0.0, 0.2)),
     "green": ((0.0, 0.2), (0.6, 1.0), (0.0, 0.2)),
 }
+# shifts whose A and B are renderings of the same frames: G's unlabelled pools must come from disjoint frames
+PAIRED_SHIFTS = ("background-color", "corruption", "challenge")
+CHALLENGE_FREE = "challenge-free"
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,7 @@ class ShiftSpec:
 _DEFAULT_DOMAINS = {
     "background-color": ("blue", "red"),
     "brightness": ("low", "high"),
+    "challenge": (CHALLENGE_FREE, "snow-2"),
     "contrast": ("low", "high"),
     "corruption": ("clean", "snow-3"),
     "none": ("all", "all"),
@@ -65,7 +76,7 @@ def shift_names() -> list[str]:
 
 def parse_shift(text: str) -> ShiftSpec:
     """``brightness`` → low→high; ``brightness:high-low`` → high→low; ``background-color:blue-green``;
-    ``corruption:fog-4`` → clean→fog at severity 4."""
+    ``corruption:fog-4`` → clean→fog at severity 4; ``challenge:haze-4`` → challenge-free→haze at level 4."""
     if "+" in text:
         return composite_shift(text)
     kind, _, domains = text.partition(":")
@@ -77,6 +88,9 @@ def parse_shift(text: str) -> ShiftSpec:
 
         name, severity = parse_corruption(domains or b)
         return ShiftSpec(kind, "clean", f"{name}-{severity}")
+    if kind == "challenge":
+        name, level = parse_challenge(domains or b)
+        return ShiftSpec(kind, a, f"{name}-{level}")
     if domains:
         parts = domains.split("-")
         allowed = COLOUR_RANGES if kind == "background-color" else BANDS
@@ -84,6 +98,20 @@ def parse_shift(text: str) -> ShiftSpec:
             raise FastmbrError(f"shift {text!r}: domains must be A-B with A, B in {', '.join(allowed)}")
         a, b = parts
     return ShiftSpec(kind, a, b)
+
+
+def challenge_names() -> tuple[str, ...]:
+    """The CURE-TSR challenge types a shift can name (every type but "none", the challenge-free one)."""
+    return CHALLENGE_TYPES[1:]
+
+
+def parse_challenge(text: str) -> tuple[str, int]:
+    """``snow-2`` → ("snow", 2); type names hold underscores (``lens_blur-3``), so the level follows the last '-'."""
+    name, _, level = text.rpartition("-")
+    if name not in challenge_names() or not level.isdigit() or not 1 <= int(level) <= MAX_LEVEL:
+        raise FastmbrError(f"shift 'challenge:{text}': expected challenge:TYPE-LEVEL with LEVEL 1-{MAX_LEVEL} and "
+                           f"TYPE one of {', '.join(challenge_names())}")
+    return name, int(level)
 
 
 def composite_shift(text: str) -> ShiftSpec:
@@ -156,15 +184,16 @@ def split_domains(
         out = {}
         for role, name in (("A", spec.a), ("B", spec.b)):
             painted = colourise(gray, draw_colours(len(data), name, gen))
-            out[role] = LabeledImages(painted, data.labels, data.classes, f"{data.source} [{name} background]")
+            out[role] = dataclasses.replace(data, images=painted, source=f"{data.source} [{name} background]")
         return out
     if spec.kind == "corruption":
         from fastmbr.pipelines.corruptions import cached_corruption, parse_corruption
 
         name, severity = parse_corruption(spec.b)
         corrupted = cached_corruption(data.images, data.labels, name, severity, seed)
-        return {"A": data,
-                "B": LabeledImages(corrupted, data.labels, data.classes, f"{data.source} [{spec.b}]")}
+        return {"A": data, "B": dataclasses.replace(data, images=corrupted, source=f"{data.source} [{spec.b}]")}
+    if spec.kind == "challenge":
+        return challenge_domains(data, spec)
     if spec.parts:
         masks = [threshold_masks(data, part, dataset, None) for part in spec.parts]
         a = torch.stack([m["A"] for m in masks]).any(0)
@@ -180,3 +209,30 @@ def threshold_masks(data: LabeledImages, spec: ShiftSpec, dataset: str, threshol
     values = measure(data.images)
     limits = thresholds_for(dataset, spec.kind, thresholds)
     return {"A": band_mask(values, limits, spec.a), "B": band_mask(values, limits, spec.b)}
+
+
+def challenge_domains(data: LabeledImages, spec: ShiftSpec) -> dict[str, LabeledImages]:
+    """A: the challenge-free images (type 00, level 00); B: those of the spec's challenge type at its level."""
+    if not isinstance(data, CureTsrImages):
+        raise FastmbrError(f"shift {spec.label}: {data.source} carries no challenge types and levels (CURE-TSR only)")
+    name, level = parse_challenge(spec.b)
+    kind = CHALLENGE_TYPES.index(name)
+    free = (data.challenge_types == 0) & (data.challenge_levels == 0)
+    challenged = (data.challenge_types == kind) & (data.challenge_levels == level)
+    if not free.any():
+        raise FastmbrError(f"{data.source}: no challenge-free images (type 00, level 00) for domain A")
+    if not challenged.any():
+        present = sorted(set(data.challenge_levels[data.challenge_types == kind].tolist()))
+        found = f"{name} at level(s) {', '.join(map(str, present))} only" if present else f"no {name} images"
+        raise FastmbrError(f"{data.source}: no {name} images at level {level} for domain B ({found})")
+    return {"A": data.subset(torch.nonzero(free).flatten()), "B": data.subset(torch.nonzero(challenged).flatten())}
+
+
+def frame_ids(data) -> torch.Tensor:
+    """The underlying frame of each image: images with one id are renderings of one scene.
+
+    Readers that know the pairing attach ``frames`` (CURE-TSR); otherwise each image is its own frame, numbered by
+    position, which pairs A[i] with B[i] for the shifts that render B from A image by image (painted, corrupted).
+    """
+    frames = getattr(data, "frames", None)
+    return frames if frames is not None else torch.arange(len(data))
