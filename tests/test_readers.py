@@ -114,9 +114,10 @@ CURE_FILES = {
 }
 
 
-def write_cure(root: Path, folder: str = "Real_Train") -> None:
+def write_cure(root: Path, folder: str = "Real_Train", files: dict | None = None) -> None:
+    """Random BMPs named as ``files`` (default CURE_FILES): relative path → (label, type, level, (w, h))."""
     rng = np.random.default_rng(1)
-    for name, (_, _, _, (w, h)) in CURE_FILES.items():
+    for name, (_, _, _, (w, h)) in (files or CURE_FILES).items():
         path = root / folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
