@@ -48,10 +48,11 @@ def tiny_cpu_threads(size: str, device) -> Optional[int]:
     return 1 if size == "tiny" and device.type == "cpu" else None
 
 
-def _domains_from_dataset(dataset: str, shift: Optional[str], data_dir: Optional[Path], classes: Optional[str]):
+def _domains_from_dataset(dataset: str, shift: Optional[str], data_dir: Optional[Path], classes: Optional[str],
+                          image_size: Optional[int] = None):
     from fastmbr.pipelines.datasets import load_domains
 
-    domains = load_domains(dataset, shift, data_dir, classes=classes)
+    domains = load_domains(dataset, shift, data_dir, classes=classes, image_size=image_size)
     for role in ("A", "B"):
         if role not in domains.unlabeled:
             raise FastmbrError(f"{dataset} {domains.shift.label}: no unlabelled images of domain {role} to learn G")
@@ -79,7 +80,8 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="continue from G_DIR/checkpoint.pt"),
     a_dir: Optional[Path] = typer.Option(None, "--a-dir", help="folder of unlabelled domain-A images"),
     b_dir: Optional[Path] = typer.Option(None, "--b-dir", help="folder of unlabelled domain-B images"),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="resize folder images to this side"),
+    image_size: Optional[int] = typer.Option(None, "--image-size",
+                                             help="resize images (folders or the dataset's) to this side"),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every"),
     seed: int = typer.Option(0, "--seed"),
     threads: Optional[int] = typer.Option(None, "--threads",
@@ -103,7 +105,7 @@ def train_command(
     elif dataset is None:
         raise FastmbrError("missing DATASET (or --a-dir and --b-dir)")
     else:
-        domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir, classes)
+        domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir, classes, image_size)
     cfg = MunitTrainConfig(size=size, style_dim=style_dim, iters=iters, batch_size=batch_size, lr=lr,
                            lr_step=lr_step, checkpoint_every=checkpoint_every, seed=seed, source=source)
     train_munit(domain_a, domain_b, cfg, out, dev, progress=progress, resume=resume)

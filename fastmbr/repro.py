@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -52,8 +53,17 @@ def sweep_runs(sweep: dict) -> dict[str, dict]:
     return runs
 
 
-def learned_model_dir(root: Path, name: str) -> Path:
-    return root / "G" / name
+def learned_model_spec(recipe: dict, name: str, full: bool) -> dict:
+    """A ``learned_models`` entry with its own ``full:`` overrides applied under ``--full``."""
+    spec = dict(recipe["learned_models"][name])
+    overrides = spec.pop("full", {})
+    return {**spec, **overrides} if full else spec
+
+
+def learned_model_dir(root: Path, recipe: dict, name: str, full: bool) -> Path:
+    """``root/G/NAME``; a G whose ``--full`` settings differ gets its own ``NAME-full`` folder."""
+    differs = full and bool(recipe.get("learned_models", {}).get(name, {}).get("full"))
+    return root / "G" / (f"{name}-full" if differs else name)
 
 
 def learned_models_used(recipe: dict, runs: list[str]) -> set[str]:
@@ -62,13 +72,14 @@ def learned_models_used(recipe: dict, runs: list[str]) -> set[str]:
 
 
 def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str,
-                          runs: list[str] | None = None) -> None:
+                          runs: list[str] | None = None, full: bool = False) -> None:
     """Train the learned models of variation (MUNIT) that the runs use, once; later recipes reuse the G folder."""
     used = learned_models_used(recipe, runs or list(recipe["runs"]))
-    for name, spec in recipe.get("learned_models", {}).items():
+    for name in recipe.get("learned_models", {}):
         if name not in used:
             continue
-        g_dir = learned_model_dir(root, name)
+        spec = learned_model_spec(recipe, name, full)
+        g_dir = learned_model_dir(root, recipe, name, full)
         if (g_dir / "G.json").exists():
             continue
         command = [sys.executable, "-m", "fastmbr", "model", "train", spec["dataset"], "--shift", spec["shift"],
@@ -83,9 +94,10 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
             raise FastmbrError(f"training the learned model {name!r} failed: {' '.join(command)}")
 
 
-def resolve_models(specs: list[str], root: Path) -> list[str]:
+def resolve_models(specs: list[str], root: Path, recipe: dict, full: bool) -> list[str]:
     """``learned:NAME`` → the recipe's G folder; other specs unchanged."""
-    return [str(learned_model_dir(root, s[len("learned:"):])) if s.startswith("learned:") else s for s in specs]
+    return [str(learned_model_dir(root, recipe, s[len("learned:"):], full)) if s.startswith("learned:") else s
+            for s in specs]
 
 
 def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | None, device: str, root: Path):
@@ -97,7 +109,7 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.algo.k = spec.get("k", cfg.algo.k)
     cfg.algo.lam = spec.get("lambda", cfg.algo.lam)
     cfg.algo.alpha = spec.get("alpha", cfg.algo.alpha)
-    cfg.algo.models = resolve_models(list(spec.get("model", cfg.algo.models)), root.parent)
+    cfg.algo.models = resolve_models(list(spec.get("model", cfg.algo.models)), root.parent, recipe, full)
     cfg.optim.epochs = spec.get("epochs", cfg.optim.epochs)
     cfg.optim.warmup_epochs = spec.get("warmup_epochs", 0)
     cfg.data.image_size = spec.get("image_size", cfg.data.image_size)
@@ -119,7 +131,7 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
     if unknown:
         raise FastmbrError(f"recipe {recipe['name']} has no run {', '.join(unknown)}; it has: "
                            f"{', '.join(recipe['runs'])}")
-    ensure_learned_models(recipe, root, data_dir, device, only)
+    ensure_learned_models(recipe, root, data_dir, device, only, full)
     root = root / recipe["name"]
     for seed in range(seeds or recipe.get("seeds", 3)):
         for run in only or recipe["runs"]:
@@ -300,12 +312,13 @@ def shift_curve_section(recipe: dict, runs: dict[str, list[dict]], folder: Path)
     """Top-1 on the shifted domain B of each ``eval_shifts`` entry (e.g. severities 1-5) per algorithm: a table,
     a CSV and a line plot."""
     shifts = recipe["eval_shifts"]
+    xs = shift_axis(shifts)
     points: dict[str, list[tuple[int, list[float]]]] = {}
     for run, ms in runs.items():
-        for i, shift in enumerate(shifts, start=1):
+        for x, shift in zip(xs, shifts):
             accs = [m["eval"][shift_key(shift)]["B"]["top1"] for m in ms if shift_key(shift) in m["eval"]]
             if accs:
-                points.setdefault(run, []).append((i, accs))
+                points.setdefault(run, []).append((x, accs))
     if not points:
         return []
     folder.mkdir(parents=True, exist_ok=True)
@@ -313,16 +326,26 @@ def shift_curve_section(recipe: dict, runs: dict[str, list[dict]], folder: Path)
     lines = ["Domain-B top-1 on each evaluation shift "
              f"([CSV]({folder.name}/shifts.csv), [plot]({folder.name}/shifts.png)):", "",
              "| algorithm | " + " | ".join(f"`{s}`" for s in shifts) + " |", "|---|" + "---|" * len(shifts)]
+    shift_at = dict(zip(xs, shifts))
     for run, series in points.items():
-        cells = {i: mean_sd(accs) for i, accs in series}
-        lines.append(f"| {run.upper()} | " + " | ".join(cells.get(i, "–") for i in range(1, len(shifts) + 1)) + " |")
-        for i, accs in series:
+        cells = {x: mean_sd(accs) for x, accs in series}
+        lines.append(f"| {run.upper()} | " + " | ".join(cells.get(x, "–") for x in xs) + " |")
+        for x, accs in series:
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            csv.append(f"{run},{shifts[i - 1]},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
+            csv.append(f"{run},{shift_at[x]},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
     (folder / "shifts.csv").write_text("\n".join(csv) + "\n")
     plot_sweep(points, recipe.get("eval_axis", "evaluation shift"), recipe.get("title", recipe["name"]),
                folder / "shifts.png", log_x=False)
     return lines + [""]
+
+
+def shift_axis(shifts: list[str]) -> list[int]:
+    """Where each evaluation shift sits on the plot's x axis: its trailing severity or level (``snow-3`` → 3) when
+    every shift has a distinct one, else its position 1, 2, ..."""
+    levels = [int(m.group(1)) if (m := re.search(r"-(\d+)$", s)) else None for s in shifts]
+    if None in levels or len(set(levels)) != len(levels):
+        return list(range(1, len(shifts) + 1))
+    return levels
 
 
 def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, title: str, path: Path,

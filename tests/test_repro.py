@@ -110,3 +110,29 @@ def test_reading_calls_gaps_within_seed_spread_and_skips_rows_with_fewer_seeds()
     assert "within the spread" in noisy
     assert "does not reproduce" in reading(recipe, runs(erm=[80.0, 80.0], mrt=[70.0, 71.0]))
     assert "one seed" in reading(recipe, runs(erm=[80.0], mrt=[90.0]))
+
+
+def test_evaluation_shifts_sit_at_their_severity_on_the_curve_axis():
+    from fastmbr.repro import shift_axis
+
+    assert shift_axis(["corruption:snow-1", "corruption:snow-3", "corruption:snow-5"]) == [1, 3, 5]
+    assert shift_axis(["challenge:snow-3", "challenge:snow-4"]) == [3, 4]
+    assert shift_axis(["corruption:snow-2", "corruption:fog-2"]) == [1, 2]  # repeated levels: positions
+    assert shift_axis(["background-color:blue-red", "corruption:fog-2"]) == [1, 2]
+
+
+def test_learned_model_full_settings_get_their_own_folder_and_command(tmp_path):
+    from fastmbr.repro import learned_model_dir, learned_model_spec, run_config
+
+    recipe = load_recipe("t3_tinyimagenet_snow")
+    budget, full = (learned_model_spec(recipe, "tiny-snow", f) for f in (False, True))
+    assert (budget["size"], full["size"]) == ("tiny", "base") and "full" not in budget and "full" not in full
+    assert budget["iters"] < full["iters"]
+    dirs = {f: learned_model_dir(tmp_path, recipe, "tiny-snow", f) for f in (False, True)}
+    assert dirs[False] != dirs[True] and dirs[True].name == "tiny-snow-full"
+    for f in (False, True):
+        cfg = run_config(recipe, "mda", 0, f, None, "cpu", tmp_path / recipe["name"])
+        assert cfg.algo.models == [str(dirs[f])]
+    usps = load_recipe("t5_usps")  # no full: overrides → one G for both
+    assert learned_model_dir(tmp_path, usps, "mnist-background", True) == learned_model_dir(
+        tmp_path, usps, "mnist-background", False)
