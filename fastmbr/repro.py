@@ -73,14 +73,17 @@ def learned_models_used(recipe: dict, runs: list[str]) -> set[str]:
 
 def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str,
                           runs: list[str] | None = None, full: bool = False) -> None:
-    """Train the learned models of variation (MUNIT) that the runs use, once; later recipes reuse the G folder."""
+    """Train the learned models of variation (MUNIT) that the runs use, once; later recipes reuse the G folder, and
+    an interrupted training resumes from its checkpoint."""
+    from fastmbr.variation.munit.io import training_finished
+
     used = learned_models_used(recipe, runs or list(recipe["runs"]))
     for name in recipe.get("learned_models", {}):
         if name not in used:
             continue
         spec = learned_model_spec(recipe, name, full)
         g_dir = learned_model_dir(root, recipe, name, full)
-        if (g_dir / "G.json").exists():
+        if training_finished(g_dir):
             continue
         command = [sys.executable, "-m", "fastmbr", "model", "train", spec["dataset"], "--shift", spec["shift"],
                    "--size", spec.get("size", "tiny"), "--out", str(g_dir), "--device", device]

@@ -221,6 +221,27 @@ def test_train_writes_g_checkpoints_and_grids_and_resumes(tmp_path):
     load_variation(tmp_path)
 
 
+def test_a_g_written_by_an_interrupted_training_is_not_taken_as_finished(tmp_path, monkeypatch):
+    from fastmbr.variation.munit.io import training_finished
+
+    domain_a, domain_b = _domains(8, 20)
+    real_step, calls = MunitTrainer.step, []
+
+    def step_then_die(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_step(self, *args)
+
+    monkeypatch.setattr(MunitTrainer, "step", step_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_munit(domain_a, domain_b, _small_cfg(iters=4, checkpoint_every=2), tmp_path, progress=False)
+    assert (tmp_path / META).is_file() and not training_finished(tmp_path)
+    monkeypatch.setattr(MunitTrainer, "step", real_step)
+    train_munit(domain_a, domain_b, _small_cfg(iters=4, checkpoint_every=2), tmp_path, progress=False, resume=True)
+    assert training_finished(tmp_path) and not training_finished(tmp_path / "missing")
+
+
 def test_training_refuses_mismatched_or_tiny_domains():
     a, b = _domains(4, 20)
     with pytest.raises(FastmbrError, match="differ"):

@@ -71,6 +71,15 @@ def read_meta(g_dir: str | Path) -> dict:
     return meta
 
 
+def training_finished(g_dir: str | Path) -> bool:
+    """Whether G_DIR holds the last iteration of its training: G.json is rewritten at every checkpoint, so its
+    presence alone says nothing (a G written before ``planned_iterations`` was recorded counts as finished)."""
+    if not (Path(g_dir) / META).is_file():
+        return False
+    training = read_meta(g_dir).get("training", {})
+    return training.get("iterations", 0) >= training.get("planned_iterations", 0)
+
+
 def load_variation(g_dir: str | Path, device: str | torch.device = "cpu", decode_chunk: int | None = None,
                    frozen: bool = True) -> MunitVariation:
     """G_DIR → MunitVariation, after checking G.safetensors against the sha256 in G.json; frozen by default."""

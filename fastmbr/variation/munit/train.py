@@ -247,7 +247,8 @@ def _checkpoint(trainer: MunitTrainer, rng: torch.Generator, iteration: int, out
              "image_size": size, "config": asdict(trainer.cfg)}
     save_checkpoint(out_dir / CHECKPOINT, state)
     g = trainer.variation(size)
-    training = {**trainer.cfg.source, "iterations": iteration, "batch_size": trainer.cfg.batch_size,
+    training = {**trainer.cfg.source, "iterations": iteration, "planned_iterations": trainer.cfg.iters,
+                "batch_size": trainer.cfg.batch_size,
                 "lr": trainer.cfg.lr, "final_losses": {k: round(v, 5) for k, v in losses.items()}}
     save_variation(g, out_dir, trainer.cfg.size, training)
     save_grid(g, *fixed, out_dir / "samples" / f"iter_{iteration:07d}.png")
