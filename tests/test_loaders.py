@@ -210,13 +210,18 @@ def test_tensor_crop_and_flip_equal_a_per_image_reference(shape, pad):
     assert torch.equal(flipped, reference_flip(x, torch.Generator().manual_seed(seed + 2))), f"seed {seed}"
 
 
-@pytest.fixture
-def corrupt_tree(tmp_path) -> tuple[Path, Path]:
-    folder = tmp_path / "val" / "n0"
+def write_jpegs(root: Path) -> Path:
+    """``<root>/val/n0/{0..5}.jpg``, flat 24×24 JPEGs; returns the folder."""
+    folder = root / "val" / "n0"
     folder.mkdir(parents=True)
     for i in range(6):
         Image.fromarray(np.full((24, 24, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.jpg")
-    bad = folder / "3.jpg"
+    return folder
+
+
+@pytest.fixture
+def corrupt_tree(tmp_path) -> tuple[Path, Path]:
+    bad = write_jpegs(tmp_path) / "3.jpg"
     bad.write_bytes(bad.read_bytes()[:120])
     return tmp_path, bad
 
@@ -224,16 +229,43 @@ def corrupt_tree(tmp_path) -> tuple[Path, Path]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "backend,workers",
-    [("torch", 0), ("torch", 2), pytest.param("dali", 2, marks=needs_dali)],
+    [("torch", 0), ("torch", 2), pytest.param("dali", 2, marks=needs_dali), pytest.param("ffcv", 2, marks=needs_ffcv)],
 )
 def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(corrupt_tree, backend, workers):
     root, bad = corrupt_tree
-    loader = build_loader(read_files(root, "val"), LoaderConfig(batch_size=2, shuffle=False, image_size=16,
-                                                                backend=backend, num_workers=workers))
-    with pytest.raises(FastmbrError) as err:
-        list(loader)
+    settings = LoaderConfig(batch_size=2, shuffle=False, image_size=16, backend=backend, num_workers=workers)
+    with pytest.raises(FastmbrError) as err:  # at the first batch, or (ffcv, writing its .beton) when built
+        list(build_loader(read_files(root, "val"), settings))
     message = str(err.value)
     assert str(bad) in message and "\n" not in message and "Traceback" not in message
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "backend", ["torch", pytest.param("dali", marks=needs_dali), pytest.param("ffcv", marks=needs_ffcv)],
+)
+def test_a_listed_file_gone_from_disk_is_a_one_line_error_naming_it(tmp_path, backend):
+    write_jpegs(tmp_path)
+    data = read_files(tmp_path, "val")
+    gone = Path(data.paths[4])
+    gone.unlink()
+    with pytest.raises(FastmbrError) as err:
+        list(build_loader(data, LoaderConfig(batch_size=2, shuffle=False, image_size=16, backend=backend)))
+    assert str(gone) in str(err.value) and "\n" not in str(err.value)
+
+
+@needs_ffcv
+def test_a_cached_beton_of_other_data_is_refused(tree):
+    """FFCV itself would read past the end of a shorter .beton without a word."""
+    from fastmbr.pipelines.loaders.ffcv import cached_path
+    from fastmbr.pipelines.prepare import write_beton
+    from fastmbr.pipelines.types import LabeledImages
+
+    data = dataset(tree, "memory")
+    path = write_beton(LabeledImages(data.images[:6], data.labels[:6], data.classes), cached_path(data))
+    with pytest.raises(FastmbrError, match="holds 6 samples but the dataset has 21") as err:
+        make(tree, "ffcv", "memory")
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_auto_picks_tensor_for_memory_and_torch_for_files_on_cpu(tree):

@@ -4,9 +4,16 @@ As with the DALI loader, the order is ours: each epoch gets an FFCV ``Loader`` w
 over this shard's indices in ``epoch_order``/``shard_order`` order, starting at ``start_batch``. That makes the
 order and every un-augmented batch exact on resume; FFCV's random crop/flip draw from its own per-batch state,
 so augmented pixels after a resume are fresh draws.
+
+Bad input is a one-line error, never a hang: image files are checked to exist and decode before a ``.beton`` is
+written from them (FFCV's writer waits forever for a worker that died on a bad file), and a cached ``.beton``
+must hold as many samples as the data (FFCV would read past the end of a shorter one).
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,7 +21,7 @@ import torch
 from fastmbr.errors import FastmbrError
 from fastmbr.pipelines.loaders.config import LoaderConfig
 from fastmbr.pipelines.loaders.tensor import epoch_order, shard_order
-from fastmbr.pipelines.prepare import beton_for, import_ffcv
+from fastmbr.pipelines.prepare import beton_for, cache_dir, content_key, import_ffcv
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
 EVAL_RATIO = 224 / 256
@@ -42,6 +49,51 @@ def image_pipeline(cfg: LoaderConfig, in_memory: bool, device: torch.device) -> 
     return head + [ToTensor(), ToDevice(device), ToTorchImage(channels_last=False)]
 
 
+def check_files_exist(data: ImageFiles) -> None:
+    missing = next((p for p in data.paths if not Path(p).is_file()), None)
+    if missing is not None:
+        raise FastmbrError(f"{missing}: listed in the dataset but not on disk (files changed since it was read?)")
+
+
+def check_files_decode(data: ImageFiles, workers: int) -> None:
+    """Every listed file decodes, else a one-line error naming it.
+
+    FFCV's writer waits forever for a worker process that died on an unreadable file, so a ``.beton`` is only
+    written from files known to decode: one extra decode per file, paid on the first write only."""
+    from fastmbr.pipelines.readers.imagefolder import decode_rgb
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without holding the GIL
+        for _ in pool.map(decode_rgb, data.paths):
+            pass
+
+
+def cached_path(data: LabeledImages | ImageFiles) -> Path:
+    """Where ``beton_for`` keeps the ``.beton`` of ``data`` (named by its content)."""
+    kind = "memory" if isinstance(data, LabeledImages) else "files"
+    return cache_dir() / "beton" / f"{kind}-{content_key(data)}.beton"
+
+
+def check_beton_matches(path: Path, data: LabeledImages | ImageFiles) -> None:
+    """A ``.beton`` with other samples than ``data`` would be read past its end without a word from FFCV."""
+    from ffcv.reader import Reader
+
+    held = Reader(str(path)).num_samples
+    if held != len(data):
+        raise FastmbrError(f"{path} holds {held} samples but the dataset has {len(data)}: it was not written "
+                           f"for this data; delete it and the loader writes it again")
+
+
+def checked_beton(data: LabeledImages | ImageFiles, workers: int) -> Path:
+    """The dataset's ``.beton``: written (from files that decode) on first use, checked against the data."""
+    if isinstance(data, ImageFiles):
+        check_files_exist(data)
+        if not cached_path(data).is_file():
+            check_files_decode(data, workers)
+    path = beton_for(data, num_workers=workers)
+    check_beton_matches(path, data)
+    return path
+
+
 class FfcvLoader:
     def __init__(self, data: LabeledImages | ImageFiles, cfg: LoaderConfig):
         import_ffcv()
@@ -52,7 +104,7 @@ class FfcvLoader:
             raise FastmbrError(f"loader 'ffcv' supports augment {'/'.join(allowed)} for {kind}, not {cfg.augment!r}")
         self.cfg, self.n = cfg, len(data)
         self.device = torch.device(cfg.device)
-        self.path = beton_for(data, num_workers=max(1, cfg.num_workers))
+        self.path = checked_beton(data, workers=max(1, cfg.num_workers))
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
