@@ -42,7 +42,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     epochs: int = 100
     warmup_epochs: int = 0  # epochs of ERM before the robust algorithm starts (escapes the initial plateau)
-    fused: bool = True  # fused SGD/Adam kernels (also skip a non-finite step on the device, without a host read)
+    fused: bool = True  # fused SGD/Adam, masked Adadelta: a non-finite step is skipped on the device, no host read
 
 
 @dataclass

@@ -94,8 +94,13 @@ def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int =
     return path
 
 
+def beton_path(data: LabeledImages | ImageFiles) -> Path:
+    """Where the cached .beton of ``data`` lives (named by its content)."""
+    kind = "memory" if isinstance(data, LabeledImages) else "files"
+    return cache_dir() / "beton" / f"{kind}-{content_key(data)}.beton"
+
+
 def beton_for(data: LabeledImages | ImageFiles, num_workers: int = 2) -> Path:
     """The cached .beton of ``data``, written on first use."""
-    kind = "memory" if isinstance(data, LabeledImages) else "files"
-    path = cache_dir() / "beton" / f"{kind}-{content_key(data)}.beton"
+    path = beton_path(data)
     return path if path.is_file() else write_beton(data, path, num_workers)

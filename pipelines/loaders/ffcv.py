@@ -21,7 +21,7 @@ import torch
 from fastmbr.errors import FastmbrError
 from fastmbr.pipelines.loaders.config import LoaderConfig
 from fastmbr.pipelines.loaders.tensor import epoch_order, shard_order
-from fastmbr.pipelines.prepare import beton_for, cache_dir, content_key, import_ffcv
+from fastmbr.pipelines.prepare import beton_for, beton_path, import_ffcv
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
 EVAL_RATIO = 224 / 256
@@ -67,12 +67,6 @@ def check_files_decode(data: ImageFiles, workers: int) -> None:
             pass
 
 
-def cached_path(data: LabeledImages | ImageFiles) -> Path:
-    """Where ``beton_for`` keeps the ``.beton`` of ``data`` (named by its content)."""
-    kind = "memory" if isinstance(data, LabeledImages) else "files"
-    return cache_dir() / "beton" / f"{kind}-{content_key(data)}.beton"
-
-
 def check_beton_matches(path: Path, data: LabeledImages | ImageFiles) -> None:
     """A ``.beton`` with other samples than ``data`` would be read past its end without a word from FFCV."""
     from ffcv.reader import Reader
@@ -87,7 +81,7 @@ def checked_beton(data: LabeledImages | ImageFiles, workers: int) -> Path:
     """The dataset's ``.beton``: written (from files that decode) on first use, checked against the data."""
     if isinstance(data, ImageFiles):
         check_files_exist(data)
-        if not cached_path(data).is_file():
+        if not beton_path(data).is_file():
             check_files_decode(data, workers)
     path = beton_for(data, num_workers=workers)
     check_beton_matches(path, data)
