@@ -13,6 +13,7 @@ import torch
 from fastmbr.bench.stages import (BenchSetup, bench_classifier_step, bench_expand, bench_full_step, bench_loader,
                                   tune_decode_chunk)
 from fastmbr.engine.rundir import git_sha
+from fastmbr.fileio import atomic_write
 
 
 def device_name(device: torch.device) -> str:
@@ -84,27 +85,38 @@ def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list
         arch=arch or ("resnet50" if on_gpu and not quick else "cnn"),
         repeats=1 if quick else 5, rounds=3, compile=compile, amp=amp,
     )
-    results = []
+    payload = {
+        "device": device_name(dev), "device_type": dev.type, "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "commit": git_sha(), "command": " ".join(["fastmbr", *sys.argv[1:]]) if sys.argv else "fastmbr bench",
+        "versions": versions(), "setup": {k: str(v) for k, v in vars(setup).items()}, "results": [],
+        "complete": False,
+    }
+    path = result_path(out_dir, payload["device"], quick, compile, amp, only)
     for name, case in suite(setup, quick):
         if only and not any(o in name for o in only):
             continue
         console.print(f"[dim]bench: {name}…[/dim]")
         produced = case()
-        results += produced if isinstance(produced, list) else [produced]
-    payload = {
-        "device": device_name(dev), "device_type": dev.type, "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "commit": git_sha(), "command": " ".join(["fastmbr", *sys.argv[1:]]) if sys.argv else "fastmbr bench",
-        "versions": versions(), "setup": {k: str(v) for k, v in vars(setup).items()}, "results": results,
-    }
-    print_table(results, console, payload["device"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "-" for c in payload["device"].lower()).strip("-")[:40]
-    mode = ("-quick" if quick else "") + ("-compile" if compile else "") + ("-amp" if amp else "") + \
-        ("-only-" + "".join(c if c.isalnum() else "-" for c in "-".join(only)) if only else "")
-    path = out_dir / f"{slug}-{dt.date.today().isoformat()}{mode}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        payload["results"] += produced if isinstance(produced, list) else [produced]
+        write_payload(path, payload)  # after every case: a run cut short by a time limit keeps what it measured
+    payload["complete"] = True
+    write_payload(path, payload)
+    print_table(payload["results"], console, payload["device"])
     console.print(f"written: {path}")
     return path
+
+
+def result_path(out_dir: Path, device: str, quick: bool, compile: bool, amp: bool, only: list[str] | None) -> Path:
+    """``bench/results/<device>-<date>[-quick][-compile][-amp][-only-…].json``."""
+    slug = "".join(c if c.isalnum() else "-" for c in device.lower()).strip("-")[:40]
+    mode = ("-quick" if quick else "") + ("-compile" if compile else "") + ("-amp" if amp else "") + \
+        ("-only-" + "".join(c if c.isalnum() else "-" for c in "-".join(only)) if only else "")
+    return out_dir / f"{slug}-{dt.date.today().isoformat()}{mode}.json"
+
+
+def write_payload(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write((json.dumps(payload, indent=2, default=str) + "\n").encode()))
 
 
 def print_table(results: list[dict], console, device: str) -> None:

@@ -19,6 +19,25 @@ def test_bench_writes_a_result_file_with_device_commit_and_ratios(tmp_path):
     assert {"reference images/s", "loop images/s", "expand images/s", "expand speed-up"} <= set(expand)
     assert all(v > 0 for k, v in expand.items() if k != "case")
     assert cases["decode chunk k=10"]["best"].startswith("chunk=")
+    assert payload["complete"] is True
+
+
+def test_a_bench_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
+    """Cases are written as they finish, so a time limit (a lent GPU's budget) loses only the case it cut."""
+    import pytest
+
+    from fastmbr.bench import report
+
+    def interrupted(setup):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "bench_classifier_step", interrupted)
+    with pytest.raises(SystemExit, match="130"):  # the CLI's exit status for an interrupt
+        main(["bench", "--quick", "--device", "cpu", "--size", "tiny", "--batch-size", "4",
+              "--only", "expand k=3", "--only", "classifier step", "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("*.json")
+    payload = json.loads(path.read_text())
+    assert payload["complete"] is False and [r["case"] for r in payload["results"]] == ["G.expand k=3"]
 
 
 def test_bench_amp_times_the_fast_path_in_bf16_and_names_it(tmp_path):
