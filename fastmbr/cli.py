@@ -13,6 +13,8 @@ from rich.table import Table
 
 from fastmbr.errors import FastmbrError
 
+INTERRUPTED = 130  # exit status of a run stopped by Ctrl-C (128 + SIGINT)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Model-based robust deep learning (MRT, MAT, MDA) with known and learned models of variation.")
 datasets_app = typer.Typer(no_args_is_help=False, invoke_without_command=True, help="List datasets, shifts and domains.")
@@ -292,13 +294,13 @@ def main(argv: list[str] | None = None) -> None:
 
     _mount_optional_commands()
     try:
-        app(args=argv, standalone_mode=False)
+        status = app(args=argv, standalone_mode=False)
     except FastmbrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, Abort):
         print("error: interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(INTERRUPTED)
     except Exit as exc:
         sys.exit(exc.exit_code)
     except TyperException as exc:  # usage errors: typer prints them with the command's usage line
@@ -307,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"error: {exc.format_message()}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    if status == INTERRUPTED:  # typer returns an interrupt's exit status, without standalone mode, not raise it
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED)
 
 
 if __name__ == "__main__":
