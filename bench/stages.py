@@ -166,19 +166,51 @@ def bench_full_step(setup: BenchSetup, algo_name: str, k: int) -> dict:
             **throughput(flops_of(paths["reference"]), t["reference"], setup.device, "reference")}
 
 
-def bench_classifier_step(setup: BenchSetup) -> dict:
-    model = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
-    opt = torch.optim.Adadelta(model.parameters())
-    x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
-    y = torch.randint(0, 10, (setup.batch,), device=setup.device)
+def erm_batch(setup: BenchSetup) -> int:
+    """ERM's batch: 8× the model-based batch on a GPU (256 for ResNet-50, a throughput batch), the same on a CPU."""
+    return setup.batch * (8 if setup.device.type == "cuda" else 1)
 
-    def step():
+
+def engine_optimizer(arch: str, model: nn.Module) -> torch.optim.Optimizer:
+    """What ``fastmbr train`` steps with: masked Adadelta for the paper's CNN, fused SGD for ResNets; both skip a
+    non-finite step on the device, so the bench hands them ``found_inf`` as the trainer does."""
+    from fastmbr.config import preset_config
+    from fastmbr.engine.optim import build_optimizer
+
+    opt = build_optimizer(preset_config("gtsrb" if arch == "cnn" else "imagenet"), model.parameters())
+    opt.found_inf = torch.zeros((), device=next(model.parameters()).device)
+    return opt
+
+
+def bench_classifier_step(setup: BenchSetup) -> dict:
+    """ERM's step: plain eager fp32 (contiguous, plain Adadelta) against the engine's path (channels-last, the
+    engine's optimizer, bf16 under ``--amp``, compiled under ``--compile``)."""
+    torch.manual_seed(0)
+    batch = erm_batch(setup)
+    plain = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
+    fast = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
+    fast.load_state_dict(plain.state_dict())
+    fast = fast.to(memory_format=torch.channels_last)
+    fast_step_model = torch.compile(fast) if setup.compile else fast
+    plain_opt, fast_opt = torch.optim.Adadelta(plain.parameters()), engine_optimizer(setup.arch, fast)
+    x = torch.rand(batch, 3, setup.image_size, setup.image_size, device=setup.device)
+    x_fast = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=setup.device)
+
+    def step(model, opt, inputs, precision=nullcontext):
         opt.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(x), y).backward()
+        with precision():
+            loss = nn.functional.cross_entropy(model(inputs), y)
+        loss.backward()
         opt.step()
 
-    t = side_by_side({"erm": step}, setup.device, setup.repeats, setup.rounds)
-    return {"case": f"classifier step ({setup.arch}, {setup.image_size}px)", "images/s": setup.batch / t["erm"]}
+    paths = {"eager fp32": lambda: step(plain, plain_opt, x),
+             "fastmbr": lambda: step(fast_step_model, fast_opt, x_fast, lambda: fast_precision(setup))}
+    t = side_by_side(paths, setup.device, setup.repeats, setup.rounds)
+    precision = ", bf16" if setup.amp else ""
+    return {"case": f"classifier step, ERM ({setup.arch}, {setup.image_size}px, batch {batch}{precision})",
+            **_rates(t, batch, baseline="eager fp32"),
+            **throughput(flops_of(paths["fastmbr"]), t["fastmbr"], setup.device, "fastmbr")}
 
 
 def bench_loader(backend: str, data, setup: BenchSetup) -> dict:
