@@ -302,7 +302,9 @@ def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> li
             csv.append(f"{name},{value},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
             table[name, value] = mean_sd(accs)
     (folder / "sweep.csv").write_text("\n".join(csv) + "\n")
-    plot_sweep(points, param, recipe.get("title", recipe["name"]), folder / "sweep.png")
+    erm = [m["test"]["B"]["top1"] for m in runs.get("erm", [])]
+    plot_sweep(points, param, recipe.get("title", recipe["name"]), folder / "sweep.png",
+               baseline=statistics.mean(erm) if erm else None)
     lines = [f"B test top-1 against {param} ([CSV]({folder.name}/sweep.csv), [plot]({folder.name}/sweep.png)):", "",
              "| algorithm | " + " | ".join(f"{param}={v}" for v in values) + " |",
              "|---|" + "---|" * len(values)]
@@ -352,7 +354,8 @@ def shift_axis(shifts: list[str]) -> list[int]:
 
 
 def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, title: str, path: Path,
-               log_x: bool = True) -> None:
+               log_x: bool = True, baseline: float | None = None) -> None:
+    """Mean ± sd of each series against the swept value; ``baseline`` (ERM's mean) as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -364,8 +367,12 @@ def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, tit
         means = [statistics.mean(a) for _, a in series]
         sds = [statistics.stdev(a) if len(a) > 1 else 0.0 for _, a in series]
         ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=name.upper())
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="ERM")
     if log_x:
         ax.set_xscale("log")
+    ax.set_xticks(sorted({v for series in points.values() for v, _ in series}))  # the measured values only
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel(param)
     ax.set_ylabel("domain B test top-1 (%)")
     ax.set_title(title, fontsize=9)
