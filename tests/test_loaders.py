@@ -257,12 +257,11 @@ def test_a_listed_file_gone_from_disk_is_a_one_line_error_naming_it(tmp_path, ba
 @needs_ffcv
 def test_a_cached_beton_of_other_data_is_refused(tree):
     """FFCV itself would read past the end of a shorter .beton without a word."""
-    from fastmbr.pipelines.loaders.ffcv import cached_path
-    from fastmbr.pipelines.prepare import write_beton
+    from fastmbr.pipelines.prepare import beton_path, write_beton
     from fastmbr.pipelines.types import LabeledImages
 
     data = dataset(tree, "memory")
-    path = write_beton(LabeledImages(data.images[:6], data.labels[:6], data.classes), cached_path(data))
+    path = write_beton(LabeledImages(data.images[:6], data.labels[:6], data.classes), beton_path(data))
     with pytest.raises(FastmbrError, match="holds 6 samples but the dataset has 21") as err:
         make(tree, "ffcv", "memory")
     assert str(path) in str(err.value) and "\n" not in str(err.value)
