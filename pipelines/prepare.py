@@ -7,6 +7,7 @@ a temporary name and renamed, so an interrupted write never leaves a half ``.bet
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from pathlib import Path
@@ -86,6 +87,10 @@ def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int =
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fields = {"image": image_field, "label": ffcv.fields.IntField()}
+    # FFCV's writer forks its workers. Garbage left in this process (a finished DALI pipeline, say) would be
+    # collected in a forked child, where DALI's teardown segfaults and the parent then waits for the dead worker
+    # forever; collect it here, before the fork.
+    gc.collect()
     try:
         ffcv.writer.DatasetWriter(str(temp), fields, num_workers=num_workers).from_indexed_dataset(source)
         os.replace(temp, path)
