@@ -448,8 +448,9 @@ class Trainer:
         rank stops them all after this step. The gradients are computed even for a non-finite loss, because
         DDP's gradient all-reduce needs every rank and no rank knows the others' losses before it.
 
-        With such an optimizer (``skip_on_device``) nothing is read on the host: the skip happens on the device (``found_inf``), the
-        skipped steps are counted there, and signals are agreed on at log intervals (``at_log``) only.
+        With such an optimizer (``skip_on_device``) nothing is read on the host: the skip happens on the device
+        (``found_inf``), the skipped steps are counted there, and signals are agreed on at log intervals (``at_log``)
+        only.
         """
         self.optimizer.zero_grad(set_to_none=True)
         parts = micro_batches(x, y, self.options.accumulate)
