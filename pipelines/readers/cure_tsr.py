@@ -97,7 +97,7 @@ def parse_name(path: Path) -> CureTsrName:
     return CureTsrName(sign - 1, challenge, level, sequence, index)
 
 
-def frame_ids(names: list[CureTsrName]) -> torch.Tensor:
+def frames_of(names: list[CureTsrName]) -> torch.Tensor:
     """Dense ids 0..F-1, one per distinct (sequence, sign, index): the frame every rendering of a crop shares."""
     keys = torch.tensor([(n.sequence, n.label, n.index) for n in names], dtype=torch.int64)
     return torch.unique(keys, dim=0, return_inverse=True)[1]
@@ -118,4 +118,4 @@ def read(root: Path, split: str, size: int = 32) -> CureTsrImages:
     column = torch.tensor(names, dtype=torch.int64).T
     images = decode_all(paths, size=(size, size))
     return CureTsrImages(images, column[0].contiguous(), list(SIGN_TYPES), str(folder),
-                         column[1].contiguous(), column[2].contiguous(), frame_ids(names))
+                         column[1].contiguous(), column[2].contiguous(), frames_of(names))
