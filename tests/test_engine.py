@@ -157,7 +157,14 @@ def test_adda_after_warmup_resumes_exactly_and_needs_a_warmup(tmp_path, capsys):
     cfg = small_config(tmp_path, algo="adda", epochs=2)
     cfg.optim.warmup_epochs = 1
     run_dir = assert_resume_from_checkpoint_is_exact(cfg, tmp_path, epoch=1, batch=4)
-    assert "critic" in ckpt.load_latest(run_dir)["algo"]
+    last = ckpt.load_latest(run_dir)
+    assert "critic" in last["algo"] and last["own_optimizer"]
+    assert last["optimizer"]["param_groups"][0]["betas"] == (0.5, 0.999)  # ADDA's Adam, not the warm-up's Adadelta
+    after_warmup = torch.load(run_dir / ckpt.checkpoint_name(1, 0), weights_only=False)
+    assert not after_warmup["own_optimizer"] and "betas" not in after_warmup["optimizer"]["param_groups"][0]
+    *encoder, head = [name for name in last["model"] if name.endswith(".weight")]
+    assert torch.equal(last["model"][head], after_warmup["model"][head])  # the source head never moves
+    assert any(not torch.equal(last["model"][n], after_warmup["model"][n]) for n in encoder)  # the encoder does
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["selection"].startswith("the last epoch (2)")
     code, err = run_cli(["train", "mnist", "--algo", "adda", "--epochs", "1", "--out", str(tmp_path / "x")], capsys)

@@ -4,7 +4,8 @@ Stage 1, source training, is the trainer's ERM warm-up on labelled A (``--warmup
 ADDA step a frozen copy of that classifier becomes the source model. Stage 2 then trains the classifier's feature
 extractor (the target encoder, initialised from the source) against a critic that tells source features of A
 images from target features of unlabelled B images; the classification head stays the source's. The critic is
-an MLP (500, 500, 1) with its own Adam, stepped inside ``loss``; its state and the source copy are part of the
+an MLP (500, 500, 1) with its own Adam, stepped inside ``loss``; the target encoder has its own Adam too
+(``own_optimizer``), which the trainer steps once the warm-up ends; its state and the source copy are part of the
 algorithm's ``state_dict`` so a resumed run continues exactly. The reported model is the last epoch's, as in
 Tzeng et al.'s fixed schedule: A's validation split (the only labelled data) would pick the unadapted source.
 """
@@ -68,6 +69,7 @@ class ADDA(Algorithm):
     """Adversarial discriminative domain adaptation; ``k`` and ``lam`` are unused (kept for the one signature)."""
 
     critic_lr: float = 2e-4
+    encoder_lr: float = 2e-4
     uses_target = True
     needs_warmup = True
     select_last = True  # adaptation trades A accuracy for B: selecting on A's validation would undo it
@@ -84,8 +86,14 @@ class ADDA(Algorithm):
         self.target = images
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
 
-    def fixed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        return list(classifier_head(model).parameters())
+    def own_optimizer(self, model: nn.Module, fused: bool) -> torch.optim.Optimizer:
+        """Adam over the target encoder (every parameter but the source head), as Tzeng et al.: an adaptive
+        optimizer at unit scale (the paper CNN's Adadelta, lr 1.0) moves the features off the head within a few
+        hundred steps and the adapted classifier collapses to a few classes."""
+        head = {id(p) for p in classifier_head(model).parameters()}
+        encoder = [p for p in model.parameters() if id(p) not in head]
+        return torch.optim.Adam(encoder, lr=self.encoder_lr, betas=(0.5, 0.999),
+                                **({"fused": True} if fused else {}))
 
     def target_batch(self, size: int, like: torch.Tensor) -> torch.Tensor:
         """A random batch of B images shaped like the training batch (size, memory layout)."""

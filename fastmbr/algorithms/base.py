@@ -39,9 +39,11 @@ class Algorithm:
     def loss(self, model: nn.Module, G: NaturalVariation | None, x: torch.Tensor, y: torch.Tensor) -> dict:
         raise NotImplementedError
 
-    def fixed_parameters(self, model: nn.Module) -> list[nn.Parameter]:
-        """Classifier parameters this algorithm deliberately leaves untouched (ADDA: the source head)."""
-        return []
+    def own_optimizer(self, model: nn.Module, fused: bool) -> torch.optim.Optimizer | None:
+        """The optimizer this algorithm's steps need instead of the run's (which the ERM warm-up keeps); None: the
+        run's. ``fused``: as the run's (an optimizer that skips a non-finite step on the device). ADDA: the adversarial
+        objective of Tzeng et al. with Adam, not the source training's Adadelta."""
+        return None
 
     def state_dict(self) -> dict:
         """State the algorithm carries between steps (none for most), saved in checkpoints."""

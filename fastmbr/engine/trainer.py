@@ -355,6 +355,7 @@ class Trainer:
         self.nonfinite_total = 0
         self.skipped = SkippedSteps(self.device)
         self.skip_on_device = skips_nonfinite_on_device(self.optimizer)
+        self.on_own_optimizer = False
         self.images_seen, self.train_seconds = 0, 0.0
         self.fault = InjectedFault.from_env(self.dist)
         seed_everything(rank_seed(cfg.seed, self.dist.rank))  # per-rank streams: dropout masks, δ draws
@@ -385,7 +386,7 @@ class Trainer:
             "rng": [r["rng"] for r in per_rank], "meter": [r["meter"] for r in per_rank],
             "history": self.history, "best": self.best, "nonfinite_total": self.skipped_total(),
             "images_seen": self.images_seen, "train_seconds": self.train_seconds,
-            "algo": self.algo.state_dict(),
+            "algo": self.algo.state_dict(), "own_optimizer": self.on_own_optimizer,
             "num_classes": self.domains.num_classes, "delta_dim": self.G.delta_dim if self.G is not None else None,
         }
 
@@ -407,6 +408,8 @@ class Trainer:
             raise FastmbrError(f"{self.run_dir}: checkpoint was trained with δ dimension {state['delta_dim']}, "
                                f"the model of variation has {delta_dim}")
         self.model.load_state_dict(state["model"])
+        if state.get("own_optimizer"):
+            self.use_own_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.algo.load_state_dict(state.get("algo", {}), self.model, self.device)
@@ -416,6 +419,16 @@ class Trainer:
         self.skipped.counts[0] = float(self.nonfinite_total)
         self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
         self.position = (state["epoch"], state["batch"])
+
+    def use_own_optimizer(self) -> None:
+        """After the warm-up, the algorithm's own optimizer (if it has one) replaces the run's, at a constant lr."""
+        own = self.algo.own_optimizer(self.model, fused=self.cfg.optim.fused)
+        if own is None or self.on_own_optimizer:
+            return
+        self.optimizer = own
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(own, lambda step: 1.0)
+        self.skip_on_device = skips_nonfinite_on_device(own)
+        self.on_own_optimizer = True
 
     def restore_rank_parts(self, state: dict) -> None:
         """This rank's RNG states and epoch sums; a rank the checkpoint did not have starts fresh ones."""
@@ -601,6 +614,8 @@ class Trainer:
         with stop_on_signals({}) as stop, ProgressBar(self.progress, self.cfg, len(self.train_loader)) as bar:
             for epoch in range(start_epoch, self.cfg.optim.epochs):
                 bar.start_epoch(epoch, start_batch)
+                if epoch >= self.cfg.optim.warmup_epochs:
+                    self.use_own_optimizer()
                 if not self.run_epoch(epoch, start_batch, stop, bar):
                     raise SystemExit(130 if stop["signal"] == signal.SIGINT else 143)
                 self.end_epoch(epoch)
