@@ -84,6 +84,7 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
         spec = learned_model_spec(recipe, name, full)
         g_dir = learned_model_dir(root, recipe, name, full)
         if training_finished(g_dir):
+            check_learned_model(g_dir, spec, name)
             continue
         command = [sys.executable, "-m", "fastmbr", "model", "train", spec["dataset"], "--shift", spec["shift"],
                    "--size", spec.get("size", "tiny"), "--out", str(g_dir), "--device", device]
@@ -95,6 +96,27 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
         command += ["--resume"] if (g_dir / "checkpoint.pt").exists() else []
         if subprocess.run(command).returncode != 0:
             raise FastmbrError(f"training the learned model {name!r} failed: {' '.join(command)}")
+
+
+def check_learned_model(g_dir: Path, spec: dict, name: str) -> None:
+    """A finished G folder must be the one the recipe describes: a recipe edited after its G was trained (more
+    iterations, other classes) would otherwise reuse the old G silently."""
+    from fastmbr.variation.munit.io import read_meta
+    from fastmbr.variation.munit.train import PRESET_SCHEDULE
+
+    meta = read_meta(g_dir)
+    training = meta.get("training", {})
+    size = spec.get("size", "tiny")
+    wanted = {"dataset": spec["dataset"], "shift": spec["shift"].split(":")[0], "size": size,
+              "iterations": spec.get("iters", PRESET_SCHEDULE.get(size, {}).get("iters")),
+              "classes": spec.get("classes"), "image_size": spec.get("image_size")}
+    found = {"dataset": training.get("dataset"), "shift": training.get("shift"), "size": meta.get("size"),
+             "iterations": training.get("planned_iterations", training.get("iterations")),
+             "classes": training.get("classes"), "image_size": meta.get("image_size")}
+    for key, value in wanted.items():
+        if value is not None and found[key] is not None and str(found[key]) != str(value):
+            raise FastmbrError(f"{g_dir} holds a G trained with {key} {found[key]}, but the recipe's learned model "
+                               f"{name!r} asks for {value}: move that folder away to retrain it")
 
 
 def resolve_models(specs: list[str], root: Path, recipe: dict, full: bool) -> list[str]:

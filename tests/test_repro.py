@@ -136,3 +136,27 @@ def test_learned_model_full_settings_get_their_own_folder_and_command(tmp_path):
     usps = load_recipe("t5_usps")  # no full: overrides → one G for both
     assert learned_model_dir(tmp_path, usps, "mnist-background", True) == learned_model_dir(
         tmp_path, usps, "mnist-background", False)
+
+
+def test_a_finished_g_that_no_longer_matches_its_recipe_is_refused(tmp_path, monkeypatch):
+    """Editing a recipe's learned model (more iterations) after its G was trained must not reuse the old G."""
+    from fastmbr.repro import ensure_learned_models, learned_model_dir
+    from fastmbr.variation.munit.io import FORMAT, META
+
+    recipe = load_recipe("t3_tinyimagenet_snow")
+    g_dir = learned_model_dir(tmp_path, recipe, "tiny-snow", False)
+    g_dir.mkdir(parents=True)
+    spec = recipe["learned_models"]["tiny-snow"]
+
+    def write_g(iterations):
+        meta = {"format": FORMAT, "size": "tiny", "image_size": spec["image_size"],
+                "training": {"dataset": spec["dataset"], "shift": "corruption", "classes": spec["classes"],
+                             "iterations": iterations, "planned_iterations": iterations}}
+        (g_dir / META).write_text(json.dumps(meta))
+
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a finished, matching G was retrained"))
+    write_g(spec["iters"])
+    ensure_learned_models(recipe, tmp_path, None, "cpu", runs=["mda"])
+    write_g(spec["iters"] // 2)
+    with pytest.raises(FastmbrError, match=f"iterations {spec['iters'] // 2}.*'tiny-snow' asks for {spec['iters']}"):
+        ensure_learned_models(recipe, tmp_path, None, "cpu", runs=["mda"])
