@@ -75,6 +75,8 @@ def train_command(
     lr_step: Optional[int] = typer.Option(None, "--lr-step",
                                           help="halve the lr every N iterations (default: the size preset's)"),
     style_dim: int = typer.Option(8, "--style-dim", help="q, the dimension of δ"),
+    cycle: float = typer.Option(0.0, "--cycle", help="weight of MUNIT's explicit cycle loss x → B → A ≈ x "
+                                                     "(recon_x_cyc_w; 0: off, as MUNIT's default)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     resume: bool = typer.Option(False, "--resume", help="continue from G_DIR/checkpoint.pt"),
@@ -107,7 +109,8 @@ def train_command(
     else:
         domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir, classes, image_size)
     cfg = MunitTrainConfig(size=size, style_dim=style_dim, iters=iters, batch_size=batch_size, lr=lr,
-                           lr_step=lr_step, checkpoint_every=checkpoint_every, seed=seed, source=source)
+                           lr_step=lr_step, recon_x_cyc=cycle, checkpoint_every=checkpoint_every, seed=seed,
+                           source=source)
     train_munit(domain_a, domain_b, cfg, out, dev, progress=progress, resume=resume)
     typer.echo(f"G saved to {out} (G.safetensors, G.json; samples in {out / 'samples'})")
 

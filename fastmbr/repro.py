@@ -90,6 +90,7 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
                    "--size", spec.get("size", "tiny"), "--out", str(g_dir), "--device", device]
         command += ["--iters", str(spec["iters"])] if "iters" in spec else []
         command += ["--lr-step", str(spec["lr_step"])] if "lr_step" in spec else []
+        command += ["--cycle", str(spec["cycle"])] if "cycle" in spec else []
         command += ["--classes", str(spec["classes"])] if "classes" in spec else []
         command += ["--image-size", str(spec["image_size"])] if "image_size" in spec else []
         command += ["--data-dir", data_dir] if data_dir else []
@@ -109,10 +110,12 @@ def check_learned_model(g_dir: Path, spec: dict, name: str) -> None:
     size = spec.get("size", "tiny")
     wanted = {"dataset": spec["dataset"], "shift": spec["shift"].split(":")[0], "size": size,
               "iterations": spec.get("iters", PRESET_SCHEDULE.get(size, {}).get("iters")),
-              "classes": spec.get("classes"), "image_size": spec.get("image_size")}
+              "classes": spec.get("classes"), "image_size": spec.get("image_size"),
+              "recon_x_cyc": float(spec.get("cycle", 0.0))}
     found = {"dataset": training.get("dataset"), "shift": training.get("shift"), "size": meta.get("size"),
              "iterations": training.get("planned_iterations", training.get("iterations")),
-             "classes": training.get("classes"), "image_size": meta.get("image_size")}
+             "classes": training.get("classes"), "image_size": meta.get("image_size"),
+             "recon_x_cyc": training.get("recon_x_cyc", 0.0)}
     for key, value in wanted.items():
         if value is not None and found[key] is not None and str(found[key]) != str(value):
             raise FastmbrError(f"{g_dir} holds a G trained with {key} {found[key]}, but the recipe's learned model "

@@ -224,6 +224,27 @@ def test_a_few_training_iterations_lower_the_reconstruction_loss():
     assert recon() < 0.7 * before
 
 
+def test_cycle_term_is_the_round_trip_distance_and_off_by_default():
+    """x_A → (content, a B style) → x_AB → re-encoded content + x_A's own style → x_ABA: L1 to x_A, both ways."""
+    domain_a, domain_b = _domains(8, 21)
+    xa, xb = to_signed(domain_a[:4]), to_signed(domain_b[:4])
+    cfg = _small_cfg(recon_x_cyc=10.0).resolved()
+    torch.manual_seed(0)
+    trainer = MunitTrainer(cfg.arch(3), cfg)
+    losses, _, _ = trainer.generator_losses(xa, xb, torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        rng = torch.Generator().manual_seed(5)
+        s_a, s_b = trainer.styles(4, rng), trainer.styles(4, rng)
+        (c_a, own_a), (c_b, own_b) = trainer.gen_a.encode(xa), trainer.gen_b.encode(xb)
+        c_b_rec, c_a_rec = trainer.gen_a.encode(trainer.gen_a.decode(c_b, s_a))[0], \
+            trainer.gen_b.encode(trainer.gen_b.decode(c_a, s_b))[0]
+        expected = (trainer.gen_a.decode(c_a_rec, own_a) - xa).abs().mean() + \
+            (trainer.gen_b.decode(c_b_rec, own_b) - xb).abs().mean()
+    torch.testing.assert_close(losses["cyc"].detach(), expected)
+    trainer.cfg = _small_cfg().resolved()
+    assert "cyc" not in trainer.generator_losses(xa, xb, torch.Generator().manual_seed(5))[0]
+
+
 def test_train_writes_g_checkpoints_and_grids_and_resumes(tmp_path):
     domain_a, domain_b = _domains(8, 19)
     g = train_munit(domain_a, domain_b, _small_cfg(iters=2, checkpoint_every=1, source={"dataset": "toy"}),

@@ -148,10 +148,10 @@ def test_a_finished_g_that_no_longer_matches_its_recipe_is_refused(tmp_path, mon
     g_dir.mkdir(parents=True)
     spec = recipe["learned_models"]["tiny-snow"]
 
-    def write_g(iterations):
+    def write_g(iterations, cycle=0.0):
         meta = {"format": FORMAT, "size": "tiny", "image_size": spec["image_size"],
                 "training": {"dataset": spec["dataset"], "shift": "corruption", "classes": spec["classes"],
-                             "iterations": iterations, "planned_iterations": iterations}}
+                             "iterations": iterations, "planned_iterations": iterations, "recon_x_cyc": cycle}}
         (g_dir / META).write_text(json.dumps(meta))
 
     monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a finished, matching G was retrained"))
@@ -159,4 +159,7 @@ def test_a_finished_g_that_no_longer_matches_its_recipe_is_refused(tmp_path, mon
     ensure_learned_models(recipe, tmp_path, None, "cpu", runs=["mda"])
     write_g(spec["iters"] // 2)
     with pytest.raises(FastmbrError, match=f"iterations {spec['iters'] // 2}.*'tiny-snow' asks for {spec['iters']}"):
+        ensure_learned_models(recipe, tmp_path, None, "cpu", runs=["mda"])
+    write_g(spec["iters"], cycle=10.0)
+    with pytest.raises(FastmbrError, match="recon_x_cyc 10.0.*asks for 0.0"):
         ensure_learned_models(recipe, tmp_path, None, "cpu", runs=["mda"])

@@ -2,8 +2,9 @@
 
 Per iteration (both directions, as MUNIT): encode x_A and x_B, reconstruct them (λ_x = 10, L1), translate with
 styles drawn from the prior, re-encode the translations (λ_c = λ_s = 1, L1), LSGAN losses from 3-scale critics
-(weight 1); then one critic step on the same translations, detached (this skips MUNIT's second generator forward
-pass). Adam(lr, β = (0.5, 0.999), weight decay 1e-4) with step decay γ = 0.5 every ``lr_step`` iterations.
+(weight 1); optionally MUNIT's explicit cycle term (``recon_x_cyc``, off by default as in MUNIT): decode the
+re-encoded content with each image's own style and ask for the image back (L1); then one critic step on the same
+translations, detached (this skips MUNIT's second generator forward pass). Adam(lr, β = (0.5, 0.999), weight decay 1e-4) with step decay γ = 0.5 every ``lr_step`` iterations.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class MunitTrainConfig:
     recon_x: float = 10.0
     recon_c: float = 1.0
     recon_s: float = 1.0
+    recon_x_cyc: float = 0.0  # MUNIT's recon_x_cyc_w: x → translated → back must return x (keeps content)
     gan: float = 1.0
     prior: str = "gaussian"
     bound: float = 2.0
@@ -114,6 +116,8 @@ class MunitTrainer(nn.Module):
             "s": l1(s_a_rec, s_a) + l1(s_b_rec, s_b),
             "gan": self.dis_a.loss_generator(x_ba) + self.dis_b.loss_generator(x_ab),
         }
+        if self.cfg.recon_x_cyc > 0:
+            losses["cyc"] = l1(self.gen_a.decode(c_a_rec, s_a_own), xa) + l1(self.gen_b.decode(c_b_rec, s_b_own), xb)
         return losses, x_ab, x_ba
 
     def step(self, xa: torch.Tensor, xb: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
@@ -123,6 +127,8 @@ class MunitTrainer(nn.Module):
             p.requires_grad_(False)
         losses, x_ab, x_ba = self.generator_losses(xa, xb, generator)
         total = c.recon_x * losses["x"] + c.recon_c * losses["c"] + c.recon_s * losses["s"] + c.gan * losses["gan"]
+        if "cyc" in losses:
+            total = total + c.recon_x_cyc * losses["cyc"]
         self.opt_gen.zero_grad(set_to_none=True)
         total.backward()
         self.opt_gen.step()
@@ -248,7 +254,7 @@ def _checkpoint(trainer: MunitTrainer, rng: torch.Generator, iteration: int, out
     save_checkpoint(out_dir / CHECKPOINT, state)
     g = trainer.variation(size)
     training = {**trainer.cfg.source, "iterations": iteration, "planned_iterations": trainer.cfg.iters,
-                "batch_size": trainer.cfg.batch_size,
+                "batch_size": trainer.cfg.batch_size, "recon_x_cyc": trainer.cfg.recon_x_cyc,
                 "lr": trainer.cfg.lr, "final_losses": {k: round(v, 5) for k, v in losses.items()}}
     save_variation(g, out_dir, trainer.cfg.size, training)
     save_grid(g, *fixed, out_dir / "samples" / f"iter_{iteration:07d}.png")
