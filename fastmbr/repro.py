@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -165,12 +167,59 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
         for run in only or recipe["runs"]:
             cfg = run_config(recipe, run, seed, full, data_dir, device, root)
             out = Path(cfg.out)
-            if not (out / "metrics.json").exists():
-                if console is not None:
-                    console.print(f"[bold]{recipe['name']}[/bold]: {run} seed {seed} → {out}")
-                train(cfg, resume=(out / "config.json").exists(), progress=console is not None)
-            evaluate_shifts(recipe, out, data_dir, device)
+            with run_lock(out) as owner:
+                if owner is not None:
+                    if console is not None:
+                        console.print(f"{recipe['name']}: {run} seed {seed} is being run by process {owner}; skipped")
+                    continue
+                if not (out / "metrics.json").exists():
+                    if console is not None:
+                        console.print(f"[bold]{recipe['name']}[/bold]: {run} seed {seed} → {out}")
+                    train(cfg, resume=(out / "config.json").exists(), progress=console is not None)
+                evaluate_shifts(recipe, out, data_dir, device)
     return write_report(name, root.parent, full)
+
+
+LOCK = ".repro.lock"
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def run_lock(run_dir: Path):
+    """Several ``fastmbr repro`` processes may work through one recipe at once: each run folder is taken by one of
+    them (``RUN_DIR/.repro.lock`` holds its pid). Yields None when this process holds the lock, else the live
+    owner's pid; a lock left by a dead process is taken over (its run resumes from its checkpoint)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                owner = int(path.read_text().strip() or 0)
+            except (OSError, ValueError):
+                owner = 0
+            if owner and owner != os.getpid() and process_alive(owner):
+                yield owner
+                return
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield None
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def shift_key(shift: str) -> str:

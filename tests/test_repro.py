@@ -3,6 +3,7 @@
 import json
 import random
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -163,3 +164,32 @@ def test_a_finished_g_that_no_longer_matches_its_recipe_is_refused(tmp_path, mon
     write_g(spec["iters"], cycle=10.0)
     with pytest.raises(FastmbrError, match="recon_x_cyc 10.0.*asks for 0.0"):
         ensure_learned_models(recipe, tmp_path, None, "cpu", runs=["mda"])
+
+
+def test_runs_held_by_another_live_process_are_skipped_and_dead_owners_lose_their_lock(tmp_path, monkeypatch):
+    """Two `fastmbr repro` workers on one recipe: each run folder goes to one of them; a crashed worker's lock is
+    taken over."""
+    import subprocess
+    import sys
+
+    from fastmbr import repro
+
+    recipe = tmp_path / "two_runs.yaml"
+    recipe.write_text('title: "locks"\ndataset: mnist\nshift: background-color\nseeds: 1\n'
+                      "runs:\n  erm: {algo: erm}\n  mda: {algo: mda, k: 3, model: [known:background-color]}\n")
+    trained = []
+    monkeypatch.setattr("fastmbr.engine.trainer.train", lambda cfg, **kw: trained.append(Path(cfg.out).name))
+    monkeypatch.setattr(repro, "write_report", lambda *a, **k: None)
+    root = tmp_path / "runs"
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    try:
+        for run, pid in (("erm", other.pid), ("mda", int(dead.stdout))):
+            (root / "two_runs" / f"{run}-s0").mkdir(parents=True)
+            (root / "two_runs" / f"{run}-s0" / repro.LOCK).write_text(str(pid))
+        repro.run_recipe(str(recipe), None, False, None, "cpu", root)
+    finally:
+        other.kill()
+    assert trained == ["mda-s0"]  # erm-s0 belongs to the live process; the dead one's mda-s0 lock was taken over
+    assert (root / "two_runs" / "erm-s0" / repro.LOCK).exists()
+    assert not (root / "two_runs" / "mda-s0" / repro.LOCK).exists()  # released after the run
