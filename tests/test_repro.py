@@ -31,7 +31,7 @@ def test_full_settings_override_per_run_and_sweeps_expand():
     assert run_config(t6, "pgd", 0, False, None, "cpu", EXPERIMENTS).algo.k == 10
     assert run_config(t6, "pgd", 0, True, None, "cpu", EXPERIMENTS).algo.k == 20
     t7 = load_recipe("t7_gtsrb_k")
-    assert {"mrt-k50", "mda-k20", "mat-k1", "erm"} <= set(t7["runs"]) and "mda-k50" not in t7["runs"]
+    assert {"mrt-k50", "mda-k20", "mat-k1", "erm"} <= set(t7["runs"]) and "mda-k50" in t7["runs"]
     assert run_config(t7, "mrt-k50", 0, False, None, "cpu", EXPERIMENTS).algo.k == 50
 
 
