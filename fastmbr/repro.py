@@ -388,34 +388,54 @@ def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> li
 
 
 def shift_curve_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> list[str]:
-    """Top-1 on the shifted domain B of each ``eval_shifts`` entry (e.g. severities 1-5) per algorithm: a table,
-    a CSV and a line plot."""
-    shifts = recipe["eval_shifts"]
-    xs = shift_axis(shifts)
+    """Top-1 on the shifted domain B of each ``eval_shifts`` entry (e.g. severities 1-5) per algorithm: one CSV,
+    and a table and a line plot per family of shifts (``corruption:fog-1`` ... ``-5`` is one family)."""
+    families = shift_families(recipe["eval_shifts"])
+    csv, lines = ["algorithm,shift,seeds,B_top1_mean,B_top1_sd"], []
+    for family, shifts in families.items():
+        plot = "shifts.png" if len(families) == 1 else f"shifts-{shift_key(family)}.png"
+        points = family_points(runs, shifts)
+        if not points:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        xs = shift_axis(shifts)
+        lines += [f"Domain-B top-1 on each evaluation shift{'' if len(families) == 1 else f' of `{family}`'} "
+                  f"([CSV]({folder.name}/shifts.csv), [plot]({folder.name}/{plot})):", "",
+                  "| algorithm | " + " | ".join(f"`{s}`" for s in shifts) + " |", "|---|" + "---|" * len(shifts)]
+        shift_at = dict(zip(xs, shifts))
+        for run, series in points.items():
+            cells = {x: mean_sd(accs) for x, accs in series}
+            lines.append(f"| {run.upper()} | " + " | ".join(cells.get(x, "–") for x in xs) + " |")
+            for x, accs in series:
+                sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                csv.append(f"{run},{shift_at[x]},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
+        lines.append("")
+        axis = recipe.get("eval_axis", "evaluation shift")
+        title = recipe.get("title", recipe["name"]) if len(families) == 1 else f"{family.split(':')[-1]}"
+        plot_sweep(points, axis, title, folder / plot, log_x=False)
+    if len(csv) > 1:
+        (folder / "shifts.csv").write_text("\n".join(csv) + "\n")
+    return lines
+
+
+def shift_families(shifts: list[str]) -> dict[str, list[str]]:
+    """Evaluation shifts grouped by what precedes their trailing severity (``corruption:fog-3`` → ``corruption:fog``),
+    in recipe order."""
+    families: dict[str, list[str]] = {}
+    for shift in shifts:
+        families.setdefault(re.sub(r"-\d+$", "", shift), []).append(shift)
+    return families
+
+
+def family_points(runs: dict[str, list[dict]], shifts: list[str]) -> dict[str, list[tuple[int, list[float]]]]:
+    """Run → [(x, B top-1 of every seed scored on that shift)] over one family's shifts."""
     points: dict[str, list[tuple[int, list[float]]]] = {}
     for run, ms in runs.items():
-        for x, shift in zip(xs, shifts):
+        for x, shift in zip(shift_axis(shifts), shifts):
             accs = [m["eval"][shift_key(shift)]["B"]["top1"] for m in ms if shift_key(shift) in m["eval"]]
             if accs:
                 points.setdefault(run, []).append((x, accs))
-    if not points:
-        return []
-    folder.mkdir(parents=True, exist_ok=True)
-    csv = ["algorithm,shift,seeds,B_top1_mean,B_top1_sd"]
-    lines = ["Domain-B top-1 on each evaluation shift "
-             f"([CSV]({folder.name}/shifts.csv), [plot]({folder.name}/shifts.png)):", "",
-             "| algorithm | " + " | ".join(f"`{s}`" for s in shifts) + " |", "|---|" + "---|" * len(shifts)]
-    shift_at = dict(zip(xs, shifts))
-    for run, series in points.items():
-        cells = {x: mean_sd(accs) for x, accs in series}
-        lines.append(f"| {run.upper()} | " + " | ".join(cells.get(x, "–") for x in xs) + " |")
-        for x, accs in series:
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            csv.append(f"{run},{shift_at[x]},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
-    (folder / "shifts.csv").write_text("\n".join(csv) + "\n")
-    plot_sweep(points, recipe.get("eval_axis", "evaluation shift"), recipe.get("title", recipe["name"]),
-               folder / "shifts.png", log_x=False)
-    return lines + [""]
+    return points
 
 
 def shift_axis(shifts: list[str]) -> list[int]:

@@ -193,3 +193,30 @@ def test_runs_held_by_another_live_process_are_skipped_and_dead_owners_lose_thei
     assert trained == ["mda-s0"]  # erm-s0 belongs to the live process; the dead one's mda-s0 lock was taken over
     assert (root / "two_runs" / "erm-s0" / repro.LOCK).exists()
     assert not (root / "two_runs" / "mda-s0" / repro.LOCK).exists()  # released after the run
+
+
+def test_each_family_of_evaluation_shifts_gets_its_table_and_plot(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("t3_tinyimagenet_snow")
+    families = {}
+    for shift in recipe["eval_shifts"]:
+        families.setdefault(shift.rsplit("-", 1)[0], []).append(shift)
+    assert len(families) == 5 and all(len(s) == 5 for s in families.values())
+    _fake_runs(tmp_path / "runs", recipe, seeds=2)
+    rng, fog3 = random.Random(4), {}
+    for folder in sorted((tmp_path / "runs" / recipe["name"]).iterdir()):
+        (folder / "eval").mkdir()
+        for shift in recipe["eval_shifts"]:
+            top1 = rng.uniform(1, 60)
+            if shift == "corruption:fog-3":
+                fog3.setdefault(folder.name.rsplit("-s", 1)[0], []).append(top1)
+            (folder / "eval" / f"{shift.replace(':', '_')}.json").write_text(json.dumps({"B": {"top1": top1}}))
+    text = write_report(recipe["name"], tmp_path / "runs").read_text()
+    out = tmp_path / "results" / recipe["name"]
+    for family in families:
+        assert f"evaluation shift of `{family}`" in text
+        assert (out / f"shifts-{family.replace(':', '_')}.png").stat().st_size > 1000
+    fog_table = text.split("of `corruption:fog`")[1].split("\n\n")[1]
+    mda = next(line for line in fog_table.splitlines() if line.startswith("| MDA |"))
+    assert mda.split(" | ")[3] == f"{statistics.mean(fog3['mda']):.1f} ± {statistics.stdev(fog3['mda']):.1f}"
+    assert len((out / "shifts.csv").read_text().splitlines()) == 1 + 3 * 25
