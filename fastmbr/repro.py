@@ -411,7 +411,7 @@ def shift_curve_section(recipe: dict, runs: dict[str, list[dict]], folder: Path)
                 csv.append(f"{run},{shift_at[x]},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
         lines.append("")
         axis = recipe.get("eval_axis", "evaluation shift")
-        title = recipe.get("title", recipe["name"]) if len(families) == 1 else f"{family.split(':')[-1]}"
+        title = recipe.get("title", recipe["name"]) if len(families) == 1 else family.split(":")[-1]
         plot_sweep(points, axis, title, folder / plot, log_x=False)
     if len(csv) > 1:
         (folder / "shifts.csv").write_text("\n".join(csv) + "\n")

@@ -422,8 +422,10 @@ class Trainer:
 
     def use_own_optimizer(self) -> None:
         """After the warm-up, the algorithm's own optimizer (if it has one) replaces the run's, at a constant lr."""
+        if self.on_own_optimizer:
+            return
         own = self.algo.own_optimizer(self.model, fused=self.cfg.optim.fused)
-        if own is None or self.on_own_optimizer:
+        if own is None:
             return
         self.optimizer = own
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(own, lambda step: 1.0)

@@ -4,7 +4,8 @@ Per iteration (both directions, as MUNIT): encode x_A and x_B, reconstruct them 
 styles drawn from the prior, re-encode the translations (λ_c = λ_s = 1, L1), LSGAN losses from 3-scale critics
 (weight 1); optionally MUNIT's explicit cycle term (``recon_x_cyc``, off by default as in MUNIT): decode the
 re-encoded content with each image's own style and ask for the image back (L1); then one critic step on the same
-translations, detached (this skips MUNIT's second generator forward pass). Adam(lr, β = (0.5, 0.999), weight decay 1e-4) with step decay γ = 0.5 every ``lr_step`` iterations.
+translations, detached (this skips MUNIT's second generator forward pass). Adam(lr, β = (0.5, 0.999), weight
+decay 1e-4) with step decay γ = 0.5 every ``lr_step`` iterations.
 """
 
 from __future__ import annotations
@@ -127,8 +128,7 @@ class MunitTrainer(nn.Module):
             p.requires_grad_(False)
         losses, x_ab, x_ba = self.generator_losses(xa, xb, generator)
         total = c.recon_x * losses["x"] + c.recon_c * losses["c"] + c.recon_s * losses["s"] + c.gan * losses["gan"]
-        if "cyc" in losses:
-            total = total + c.recon_x_cyc * losses["cyc"]
+        total = total + c.recon_x_cyc * losses.get("cyc", 0.0)
         self.opt_gen.zero_grad(set_to_none=True)
         total.backward()
         self.opt_gen.step()
