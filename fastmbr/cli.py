@@ -53,6 +53,8 @@ def train(
     data_dir: Optional[str] = typer.Option(None, help="data root (default $FASTMBR_DATA)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
     classes: Optional[str] = typer.Option(None, help="keep only these classes, e.g. 10-199 or 0,3,7"),
+    train_also: Optional[str] = typer.Option(None, help="also train on this shift's domain B, labelled (the "
+                                                        "'+Aug' baselines), e.g. challenge:snow-2"),
     seed: int = typer.Option(0),
     out: Optional[str] = typer.Option(None, help="run folder (default runs/<dataset>-<algo>-<time>)"),
     resume: bool = typer.Option(False, help="continue the run in --out from its last checkpoint"),
@@ -100,7 +102,7 @@ def train(
         if value is not None:
             setattr(cfg.optim, key, value)
     for key, value in {"batch_size": batch_size, "image_size": image_size, "augment": augment,
-                       "data_dir": data_dir, "limit": limit, "classes": classes}.items():
+                       "data_dir": data_dir, "limit": limit, "classes": classes, "train_also": train_also}.items():
         if value is not None:
             setattr(cfg.data, key, value)
     cfg.data.loader = loader

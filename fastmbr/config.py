@@ -16,6 +16,7 @@ class DataConfig:
     image_size: int | None = None  # None: the dataset's preparation size
     limit: int | None = None  # use only the first N training images
     classes: str | None = None  # keep only these classes, relabelled 0..n-1: "10-199", "0,3,7"
+    train_also: str | None = None  # a shift whose labelled domain B joins the training set ("+Aug" baselines)
     val_fraction: float = 0.1
     loader: str = "auto"
     augment: str = "none"

@@ -145,6 +145,7 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.data.image_size = spec.get("image_size", cfg.data.image_size)
     cfg.data.limit = spec.get("limit", cfg.data.limit)
     cfg.data.classes = spec.get("classes", cfg.data.classes)
+    cfg.data.train_also = spec.get("train_also", cfg.data.train_also)
     cfg.arch = spec.get("arch", cfg.arch)
     cfg.data.data_dir, cfg.device, cfg.seed = data_dir, device, seed
     cfg.out = str(root / f"{run}-s{seed}")
@@ -261,26 +262,28 @@ def mean_sd(values: list[float]) -> str:
 
 
 def reading(recipe: dict, runs: dict[str, list[dict]]) -> str:
-    """One generated sentence: the best model-based algorithm against ERM on B, ours and the paper's.
+    """One generated sentence: the best model-based algorithm against the baseline row on B, ours and the paper's.
 
-    Only rows with at least ERM's number of seeds compete (when any has them), and a gap no larger than the
-    spread over seeds is called what it is.
+    The baseline is the recipe's ``reference`` run (default ``erm``; Table 2 compares with ERM+Aug). Only rows with
+    at least the baseline's number of seeds compete (when any has them), and a gap no larger than the spread over
+    seeds is called what it is.
     """
+    ref = recipe.get("reference", "erm")
     b_top1 = {run: [m["test"]["B"]["top1"] for m in ms] for run, ms in runs.items() if ms}
-    if "erm" not in b_top1:
-        return "ERM has not run yet."
+    if ref not in b_top1:
+        return f"{ref.upper()} has not run yet."
     model_based = {r: v for r, v in b_top1.items() if recipe["runs"].get(r, {}).get("algo") in ("mrt", "mat", "mda")}
     if not model_based:
         return "No model-based run has finished yet."
-    erm = b_top1["erm"]
-    candidates = {r: v for r, v in model_based.items() if len(v) >= len(erm)} or model_based
+    base = b_top1[ref]
+    candidates = {r: v for r, v in model_based.items() if len(v) >= len(base)} or model_based
     best = max(candidates, key=lambda r: statistics.mean(candidates[r]))
-    gap = statistics.mean(candidates[best]) - statistics.mean(erm)
-    spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (erm, candidates[best]))
+    gap = statistics.mean(candidates[best]) - statistics.mean(base)
+    spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (base, candidates[best]))
     paper = recipe.get("paper", {})
-    paper_part = f" (paper: {paper[best] - paper['erm']:+.1f})" if best in paper and "erm" in paper else ""
-    seeds = f"{len(candidates[best])} vs {len(erm)} seeds"
-    if len(erm) < 2 or len(candidates[best]) < 2:
+    paper_part = f" (paper: {paper[best] - paper[ref]:+.1f})" if best in paper and ref in paper else ""
+    seeds = f"{len(candidates[best])} vs {len(base)} seeds"
+    if len(base) < 2 or len(candidates[best]) < 2:
         verdict = "one seed: no spread over seeds to judge the gap against"
     elif gap <= 0:
         verdict = "does not reproduce the paper's gain on B under this budget"
@@ -288,7 +291,8 @@ def reading(recipe: dict, runs: dict[str, list[dict]]) -> str:
         verdict = f"a gain within the spread over seeds (± {spread:.1f}), not a clear one"
     else:
         verdict = "agrees with the paper: model-based training helps on B"
-    return f"Best model-based algorithm {best.upper()} vs ERM on B: {gap:+.1f} points{paper_part}, {seeds}; {verdict}."
+    return (f"Best model-based algorithm {best.upper()} vs {ref.upper()} on B: {gap:+.1f} points{paper_part}, "
+            f"{seeds}; {verdict}.")
 
 
 def write_report(name: str, root: Path, full: bool = False) -> Path:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from fastmbr.errors import FastmbrError
 from fastmbr.pipelines.shifts import PAIRED_SHIFTS, ShiftSpec, frame_ids, parse_shift, split_domains
-from fastmbr.pipelines.types import ImageFiles, LabeledImages
+from fastmbr.pipelines.types import ImageFiles, LabeledImages, concat_images
 
 
 @dataclass(frozen=True)
@@ -185,6 +185,7 @@ class Domains:
     test: dict[str, LabeledImages | ImageFiles]
     unlabeled: dict[str, LabeledImages] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    labelled_extra: dict[str, int] = field(default_factory=dict)  # --train-also: images of another domain in train
 
     @property
     def num_classes(self) -> int:
@@ -192,7 +193,8 @@ class Domains:
 
     def counts(self) -> dict:
         return {
-            "train": {"A": len(self.train), **{k: len(v) for k, v in self.unlabeled.items() if k != "A"}},
+            "train": {"A": len(self.train) - sum(self.labelled_extra.values()), **self.labelled_extra,
+                      **{k: len(v) for k, v in self.unlabeled.items() if k != "A"}},
             "val": {"A": len(self.val)},
             "test": {k: len(v) for k, v in self.test.items()},
         }
@@ -233,6 +235,33 @@ def select_classes(data: LabeledImages | ImageFiles, keep: list[int]) -> Labeled
     return dataclasses.replace(sub, labels=remap[sub.labels], classes=[data.classes[i] for i in keep])
 
 
+def check_shift_kinds(info: DatasetInfo, spec: ShiftSpec) -> None:
+    for kind in spec.kinds:
+        if kind not in info.shifts and kind != "none":
+            raise FastmbrError(f"dataset {info.name!r} has no shift {kind!r}; it has: {', '.join(info.shifts)}")
+
+
+def labelled_shifted(train: LabeledImages, labelled_a: LabeledImages, val: LabeledImages, text: str,
+                     info: DatasetInfo, seed: int, thresholds: tuple | None) -> LabeledImages:
+    """Domain B of the shift ``text`` drawn from the training split, labelled, for the paper's "+Aug" baselines
+    (Table 2: ERM+Aug sees labelled challenge-level 0 AND level 2 images).
+
+    A paired shift contributes the renderings of the labelled A images' frames only; any shift loses the frames of
+    the validation split, so model selection still sees no frame the classifier trained on.
+    """
+    spec = parse_shift(text)
+    check_shift_kinds(info, spec)
+    shifted = split_domains(train, spec, info.name, seed=seed + 1, thresholds=thresholds)["B"]
+    frames = frame_ids(shifted)
+    keep = ~torch.isin(frames, frame_ids(val))
+    if spec.kind in PAIRED_SHIFTS:
+        keep &= torch.isin(frames, frame_ids(labelled_a))
+    shifted = shifted.subset(torch.nonzero(keep).flatten())
+    if len(shifted) == 0:
+        raise FastmbrError(f"--train-also {text}: {info.name} has no training images in domain B of {spec.label}")
+    return shifted
+
+
 def load_domains(
     name: str,
     shift: str | None = None,
@@ -244,13 +273,16 @@ def load_domains(
     limit: int | None = None,
     thresholds: tuple | None = None,
     classes: str | None = None,
+    train_also: str | None = None,
 ) -> Domains:
-    """Prepare a dataset under a shift: A's train (minus val) is labelled; B is only for testing and G."""
+    """Prepare a dataset under a shift: A's train (minus val) is labelled; B is only for testing and G.
+
+    ``train_also`` (a shift such as ``challenge:snow-2``) adds that shift's domain B of the training split,
+    labelled, to the training set: the "+Aug" baselines, which see labelled shifted images our algorithms do not.
+    """
     info = dataset_info(name)
     spec = parse_shift(shift or info.default_shift)
-    for kind in spec.kinds:
-        if kind not in info.shifts and kind != "none":
-            raise FastmbrError(f"dataset {name!r} has no shift {kind!r}; it has: {', '.join(info.shifts)}")
+    check_shift_kinds(info, spec)
     notes: list[str] = []
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
@@ -260,16 +292,26 @@ def load_domains(
         notes.append(f"classes {classes}: {len(keep)} of {len(train.classes)} kept, relabelled 0-{len(keep) - 1}")
         train, test = select_classes(train, keep), select_classes(test, keep)
     if not info.in_memory or isinstance(train, ImageFiles):
+        if train_also:
+            raise FastmbrError(f"--train-also needs a dataset held in memory; {name} is decoded from files")
         train = limited(train, limit, seed, notes)
         rest, carved = frame_split(train, val_fraction, seed)
         return Domains(info, spec, train.subset(rest), train.subset(carved), {"A": test}, notes=notes)
     size = image_size or info.image_size
-    train, test = prepare(train, size), prepare(test, size)
+    train, test = prepare(train, size).with_frames(), prepare(test, size)
     train_domains = split_domains(train, spec, name, seed=seed + 1, thresholds=thresholds)
     test_domains = split_domains(test, spec, name, seed=seed + 2, thresholds=thresholds)
     train_a = limited(train_domains["A"], limit, seed, notes)
     if len(train_a) == 0:
         raise FastmbrError(f"{name} {spec.label}: domain A of the training split is empty")
     rest, carved = frame_split(train_a, val_fraction, seed)
+    labelled, val = train_a.subset(rest), train_a.subset(carved)
     unlabeled = unlabeled_pools(train_domains, spec, seed + 3, notes)
-    return Domains(info, spec, train_a.subset(rest), train_a.subset(carved), test_domains, unlabeled, notes)
+    extra = {}
+    if train_also:
+        shifted = labelled_shifted(train, labelled, val, train_also, info, seed, thresholds)
+        extra = {f"labelled {parse_shift(train_also).b}": len(shifted)}
+        notes.append(f"--train-also {train_also}: {len(shifted)} labelled images of its domain B added to the "
+                     f"{len(labelled)} of domain A (a '+Aug' baseline); validation stays on A")
+        labelled = concat_images([labelled, shifted], f"{labelled.source} + {train_also}")
+    return Domains(info, spec, labelled, val, test_domains, unlabeled, notes, extra)

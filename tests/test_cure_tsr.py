@@ -106,6 +106,32 @@ def test_validation_split_shares_no_frame_with_training(data_dir, shift):
     assert len(d.train) + len(d.val) == free_or_all
 
 
+def test_train_also_adds_the_labelled_level_2_renderings_of_the_training_frames_only(data_dir):
+    """ERM+Aug (Table 2): level-0 training images plus the level-2 renderings of those frames, labelled; the
+    validation split and its frames stay challenge-free and unseen."""
+    plain = load_domains("cure-tsr", "challenge:snow-5", data_dir, val_fraction=0.25)
+    aug = load_domains("cure-tsr", "challenge:snow-5", data_dir, val_fraction=0.25, train_also="challenge:snow-2")
+    n_a = len(plain.train)
+    assert torch.equal(aug.train.images[:n_a], plain.train.images) and torch.equal(aug.val.images, plain.val.images)
+    level2 = split_domains(cure_tsr.read(data_dir / "cure-tsr", "train"), parse_shift("challenge:snow-2"),
+                           "cure-tsr", seed=0)["B"]
+    train_frames = set(plain.train.frames.tolist())
+    want = level2.subset(torch.tensor([i for i, f in enumerate(level2.frames.tolist()) if f in train_frames]))
+    assert 0 < len(want) < len(level2)  # some level-2 frames belong to the validation split
+    assert torch.equal(aug.train.images[n_a:], want.images) and torch.equal(aug.train.labels[n_a:], want.labels)
+    assert not set(aug.train.frames[n_a:].tolist()) & set(aug.val.frames.tolist())
+    assert aug.counts()["train"]["A"] == n_a and aug.counts()["train"]["labelled snow-2"] == len(want)
+    assert any("--train-also challenge:snow-2" in note and "validation stays on A" in note for note in aug.notes)
+
+
+@pytest.mark.parametrize("train_also,match", [("challenge:rain-3", "no rain images at level 3"),
+                                               ("brightness", "has no shift 'brightness'"),
+                                               ("weather:snow", "unknown shift 'weather:snow'")])
+def test_train_also_with_a_missing_domain_or_foreign_shift_is_a_named_error(data_dir, train_also, match):
+    with pytest.raises(FastmbrError, match=match):
+        load_domains("cure-tsr", "challenge:snow-5", data_dir, train_also=train_also)
+
+
 def test_frame_split_and_pools_of_unpaired_data_keep_the_positional_splits():
     """Datasets without frame ids split exactly as before: by position, A[i] paired with B[i]."""
     n = 50
@@ -181,7 +207,8 @@ def test_recipe_trains_on_level_0_and_scores_each_eval_level_then_eval_takes_ano
     recipe = tmp_path / "tiny_cure.yaml"
     recipe.write_text('title: "cure"\ndataset: cure-tsr\nshift: challenge:snow-2\nseeds: 1\n'
                       "settings: {epochs: 1}\neval_shifts: [challenge:snow-3, challenge:snow-5]\n"
-                      "runs:\n  erm: {algo: erm}\n")
+                      "reference: erm-aug\n"
+                      'runs:\n  erm: {algo: erm}\n  erm-aug: {algo: erm, train_also: "challenge:snow-1"}\n')
     text = run_recipe(str(recipe), None, False, str(data_dir), "cpu", tmp_path / "runs").read_text()
     run_dir = tmp_path / "runs" / "tiny_cure" / "erm-s0"
     for level in (3, 5):
@@ -190,6 +217,9 @@ def test_recipe_trains_on_level_0_and_scores_each_eval_level_then_eval_takes_ano
     assert "`challenge:snow-3`" in text and "`challenge:snow-5`" in text
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["counts"]["train"]["A"] + metrics["counts"]["val"]["A"] == len(TRAIN_FRAMES)
+    aug = json.loads((tmp_path / "runs" / "tiny_cure" / "erm-aug-s0" / "metrics.json").read_text())["counts"]
+    assert aug["train"]["A"] == metrics["counts"]["train"]["A"] and aug["train"]["labelled snow-1"] > 0
+    assert "| ERM-AUG |" in text and "ERM-AUG has not run" not in text
     capsys.readouterr()
     main(["eval", str(run_dir), "--shift", "challenge:haze-4", "--device", "cpu", "--json"])
     scores = json.loads(capsys.readouterr().out)

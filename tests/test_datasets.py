@@ -8,6 +8,7 @@ import torch
 
 from fastmbr.errors import FastmbrError
 from fastmbr.pipelines.datasets import load_domains
+from fastmbr.pipelines.types import LabeledImages
 
 from conftest import REAL_DATA as DATA  # noqa: E402
 
@@ -83,7 +84,8 @@ def test_prepare_keeps_cure_tsr_challenge_fields():
     from fastmbr.pipelines.readers.cure_tsr import CureTsrImages
 
     data = CureTsrImages(torch.randint(0, 255, (3, 3, 20, 20), dtype=torch.uint8), torch.tensor([0, 1, 2]),
-                         ["a", "b", "c"], "gen", torch.tensor([0, 11, 12]), torch.tensor([0, 3, 5]))
+                         ["a", "b", "c"], "gen", challenge_types=torch.tensor([0, 11, 12]),
+                         challenge_levels=torch.tensor([0, 3, 5]))
     out = prepare(data, 32)
     assert isinstance(out, CureTsrImages) and out.images.shape == (3, 3, 32, 32)
     assert out.challenge_levels.tolist() == [0, 3, 5] and out.challenge_types.tolist() == [0, 11, 12]
@@ -109,7 +111,6 @@ def test_class_subsets_are_relabelled_and_bad_specs_are_one_line_errors():
 
 def test_composite_shift_trains_on_either_a_and_tests_on_every_b_at_once():
     from fastmbr.pipelines.shifts import brightness, contrast, parse_shift, split_domains
-    from fastmbr.pipelines.types import LabeledImages
 
     g = torch.Generator().manual_seed(0)
     lo = torch.rand(400, 1, 1, 1, generator=g) * 255
@@ -128,3 +129,53 @@ def test_composite_shift_trains_on_either_a_and_tests_on_every_b_at_once():
         parse_shift("brightness+background-color")
     with pytest.raises(FastmbrError, match="has no shift 'brightness'"):
         load_domains("mnist", "brightness+contrast")
+
+
+def test_labelled_shifted_keeps_its_domain_b_minus_the_validation_frames():
+    """An unpaired (threshold) shift adds every B image of the training split but those the validation split holds;
+    frame ids attached before the split survive every subset, so the check is exact."""
+    from fastmbr.pipelines.datasets import dataset_info, labelled_shifted
+    from fastmbr.pipelines.shifts import brightness, contrast
+
+    g = torch.Generator().manual_seed(3)
+    levels = torch.randint(0, 256, (300, 1, 1, 1), generator=g)
+    spread = torch.randint(0, 60, (300, 1, 1, 1), generator=g)
+    noise = torch.rand(300, 3, 8, 8, generator=g)
+    images = (levels - spread / 2 + spread * noise).round().clamp(0, 255).to(torch.uint8)
+    train = LabeledImages(images, torch.arange(300) % 43, [str(i) for i in range(43)], "synthetic").with_frames()
+    dark = torch.nonzero(brightness(train.images) < 40).flatten()
+    labelled, val = train.subset(dark[: len(dark) // 2]), train.subset(dark[len(dark) // 2:])
+    bright = labelled_shifted(train, labelled, val, "brightness", dataset_info("gtsrb"), 0, None)
+    assert bright.frames.tolist() == torch.nonzero(brightness(train.images) > 170).flatten().tolist()
+    flat = labelled_shifted(train, labelled, val, "contrast:high-low", dataset_info("gtsrb"), 0, None)
+    held_out = set(val.frames.tolist())
+    want = [i for i in torch.nonzero(contrast(train.images) < 80).flatten().tolist() if i not in held_out]
+    assert flat.frames.tolist() == want and len(want) < int((contrast(train.images) < 80).sum())
+    assert torch.equal(flat.labels, train.labels[torch.tensor(want)])
+
+
+def test_train_also_on_a_painted_shift_adds_the_red_renderings_of_the_labelled_digits(monkeypatch):
+    from fastmbr.pipelines.datasets import load_domains
+
+    monkeypatch.delenv("FASTMBR_DATA", raising=False)
+    plain = load_domains("mnist", "background-color", None, limit=400)
+    aug = load_domains("mnist", "background-color", None, limit=400, train_also="background-color:blue-red")
+    n = len(plain.train)
+    assert len(aug.train) == 2 * n and torch.equal(aug.train.images[:n], plain.train.images)
+    assert torch.equal(aug.train.frames[n:], plain.train.frames)
+    assert torch.equal(aug.train.labels[n:], plain.train.labels)
+    red = aug.train.images[n:].float()
+    assert red[:, 0].mean() - red[:, 2].mean() > 50  # red backgrounds, where domain A's are blue
+    assert not set(aug.train.frames.tolist()) & set(aug.val.frames.tolist())
+
+
+def test_concat_images_keeps_frames_only_when_every_part_has_them():
+    from fastmbr.pipelines.types import concat_images
+
+    a = LabeledImages(torch.zeros(2, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 1]), ["x", "y"]).with_frames()
+    b = LabeledImages(torch.ones(3, 1, 2, 2, dtype=torch.uint8), torch.tensor([1, 1, 0]), ["x", "y"])
+    both = concat_images([a, b.with_frames()], "ab")
+    assert both.labels.tolist() == [0, 1, 1, 1, 0] and both.frames.tolist() == [0, 1, 0, 1, 2]
+    assert concat_images([a, b], "ab").frames is None
+    with pytest.raises(ValueError, match="different classes"):
+        concat_images([a, LabeledImages(b.images, b.labels, ["x", "z"])], "az")

@@ -278,7 +278,7 @@ class Trainer:
     def load_data(self) -> Domains:
         d = self.cfg.data
         return load_domains(d.dataset, d.shift, d.data_dir, image_size=d.image_size, seed=self.cfg.seed,
-                            val_fraction=d.val_fraction, limit=d.limit, classes=d.classes)
+                            val_fraction=d.val_fraction, limit=d.limit, classes=d.classes, train_also=d.train_also)
 
     def rank_share(self, data):
         """This rank's strided 1/W of an evaluation split (the whole split in one process)."""

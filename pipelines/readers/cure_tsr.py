@@ -46,7 +46,6 @@ class CureTsrImages(LabeledImages):
 
     challenge_types: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     challenge_levels: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
-    frames: torch.Tensor | None = None
 
     def __post_init__(self):
         super().__post_init__()
@@ -58,8 +57,8 @@ class CureTsrImages(LabeledImages):
 
     def subset(self, index: torch.Tensor) -> "CureTsrImages":
         return CureTsrImages(
-            self.images[index], self.labels[index], self.classes, self.source,
-            self.challenge_types[index], self.challenge_levels[index], self.frames[index],
+            self.images[index], self.labels[index], self.classes, self.source, frames=self.frames[index],
+            challenge_types=self.challenge_types[index], challenge_levels=self.challenge_levels[index],
         )
 
 
@@ -117,5 +116,5 @@ def read(root: Path, split: str, size: int = 32) -> CureTsrImages:
     names = [parse_name(p) for p in paths]
     column = torch.tensor(names, dtype=torch.int64).T
     images = decode_all(paths, size=(size, size))
-    return CureTsrImages(images, column[0].contiguous(), list(SIGN_TYPES), str(folder),
-                         column[1].contiguous(), column[2].contiguous(), frames_of(names))
+    return CureTsrImages(images, column[0].contiguous(), list(SIGN_TYPES), str(folder), frames=frames_of(names),
+                         challenge_types=column[1].contiguous(), challenge_levels=column[2].contiguous())
