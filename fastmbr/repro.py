@@ -146,6 +146,7 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.data.limit = spec.get("limit", cfg.data.limit)
     cfg.data.classes = spec.get("classes", cfg.data.classes)
     cfg.data.train_also = spec.get("train_also", cfg.data.train_also)
+    cfg.data.augment = spec.get("augment", cfg.data.augment)
     cfg.arch = spec.get("arch", cfg.arch)
     cfg.data.data_dir, cfg.device, cfg.seed = data_dir, device, seed
     cfg.out = str(root / f"{run}-s{seed}")

@@ -59,12 +59,13 @@ DATASETS: dict[str, DatasetInfo] = {
                     description="CURE-TSR (challenge type and level in the file names; challenge:snow-2 default)"),
         DatasetInfo("tiny-imagenet", f"{_R}.imagefolder:read", "tiny-imagenet", 200, 64, ("val",),
                     ("none", "corruption"), "none", description="Tiny-ImageNet JPEG folder"),
-        DatasetInfo("imagenette", f"{_R}.imagefolder:read_files", "imagenette", 10, 224, ("val",), ("none",),
-                    "none", in_memory=False, description="Imagenette JPEG folder (decoded by the loader)"),
+        DatasetInfo("imagenette", f"{_R}.imagefolder:read_files", "imagenette", 10, 224, ("val",),
+                    ("none", "corruption"), "none", in_memory=False,
+                    description="Imagenette JPEG folder (decoded by the loader; into memory for a corruption)"),
         DatasetInfo("imagenet", f"{_R}.imagefolder:read_files", "imagenet", 1000, 224, ("train", "val"),
                     ("none",), "none", in_memory=False, description="ImageNet ImageFolder tree"),
-        DatasetInfo("folder", f"{_R}.imagefolder:read_files", "", 0, 224, ("train", "val"), ("none",), "none",
-                    in_memory=False, description="any ImageFolder tree (--data-dir points at it)"),
+        DatasetInfo("folder", f"{_R}.imagefolder:read_files", "", 0, 224, ("train", "val"), ("none", "corruption"),
+                    "none", in_memory=False, description="any ImageFolder tree (--data-dir points at it)"),
     )
 }
 
@@ -235,6 +236,23 @@ def select_classes(data: LabeledImages | ImageFiles, keep: list[int]) -> Labeled
     return dataclasses.replace(sub, labels=remap[sub.labels], classes=[data.classes[i] for i in keep])
 
 
+MAX_DECODED_BYTES = 8 << 30  # a file-backed split decoded for a pixel shift must fit in memory
+
+
+def decoded_for_shift(data: ImageFiles, size: int, shift: str, notes: list[str]) -> LabeledImages:
+    """A file-backed split in memory at ``size`` px, because ``shift`` changes pixels; refused when too large."""
+    from fastmbr.pipelines.readers.imagefolder import decode_files
+
+    need = len(data) * 3 * size * size
+    if need == 0:
+        return LabeledImages(torch.zeros(0, 3, size, size, dtype=torch.uint8), data.labels, data.classes, data.source)
+    if need > MAX_DECODED_BYTES:
+        raise FastmbrError(f"shift {shift}: {data.source} holds {len(data)} images, {need / 2**30:.0f} GiB "
+                           f"decoded at {size} px; pass a smaller --image-size")
+    notes.append(f"{data.source}: {len(data)} images decoded into memory at {size} px for the shift {shift}")
+    return decode_files(data, size)
+
+
 def check_shift_kinds(info: DatasetInfo, spec: ShiftSpec) -> None:
     for kind in spec.kinds:
         if kind not in info.shifts and kind != "none":
@@ -274,11 +292,14 @@ def load_domains(
     thresholds: tuple | None = None,
     classes: str | None = None,
     train_also: str | None = None,
+    test_only: bool = False,
 ) -> Domains:
     """Prepare a dataset under a shift: A's train (minus val) is labelled; B is only for testing and G.
 
     ``train_also`` (a shift such as ``challenge:snow-2``) adds that shift's domain B of the training split,
     labelled, to the training set: the "+Aug" baselines, which see labelled shifted images our algorithms do not.
+    ``test_only`` prepares the test domains alone (train and val come back empty): scoring a trained classifier
+    needs nothing else, and corrupting the training split would cost more than the test itself.
     """
     info = dataset_info(name)
     spec = parse_shift(shift or info.default_shift)
@@ -291,16 +312,23 @@ def load_domains(
         keep = parse_classes(classes, len(train.classes))
         notes.append(f"classes {classes}: {len(keep)} of {len(train.classes)} kept, relabelled 0-{len(keep) - 1}")
         train, test = select_classes(train, keep), select_classes(test, keep)
-    if not info.in_memory or isinstance(train, ImageFiles):
-        if train_also:
-            raise FastmbrError(f"--train-also needs a dataset held in memory; {name} is decoded from files")
+    if test_only:
+        train, train_also = train.subset(torch.zeros(0, dtype=torch.long)), None
+    size = image_size or info.image_size
+    pixel_shift = train_also or (spec.label if spec.kind != "none" else None)
+    if isinstance(train, ImageFiles) and pixel_shift:
+        train, test = (decoded_for_shift(d, size, pixel_shift, notes) for d in (train, test))
+    if isinstance(train, ImageFiles):
         train = limited(train, limit, seed, notes)
         rest, carved = frame_split(train, val_fraction, seed)
         return Domains(info, spec, train.subset(rest), train.subset(carved), {"A": test}, notes=notes)
-    size = image_size or info.image_size
-    train, test = prepare(train, size).with_frames(), prepare(test, size)
-    train_domains = split_domains(train, spec, name, seed=seed + 1, thresholds=thresholds)
+    test = prepare(test, size)
     test_domains = split_domains(test, spec, name, seed=seed + 2, thresholds=thresholds)
+    if test_only:
+        empty = prepare(train, size)  # prepared all the same: the classifier is built from its channel count
+        return Domains(info, spec, empty, empty, test_domains, notes=notes)
+    train = prepare(train, size).with_frames()
+    train_domains = split_domains(train, spec, name, seed=seed + 1, thresholds=thresholds)
     train_a = limited(train_domains["A"], limit, seed, notes)
     if len(train_a) == 0:
         raise FastmbrError(f"{name} {spec.label}: domain A of the training split is empty")

@@ -179,3 +179,37 @@ def test_concat_images_keeps_frames_only_when_every_part_has_them():
     assert concat_images([a, b], "ab").frames is None
     with pytest.raises(ValueError, match="different classes"):
         concat_images([a, LabeledImages(b.images, b.labels, ["x", "z"])], "az")
+
+
+def test_a_corruption_of_a_file_backed_dataset_decodes_it_into_memory_at_the_asked_size(data_root):
+    from fastmbr.pipelines.readers.imagefolder import decode_rgb
+
+    d = load_domains("imagenette", "corruption:snow-2", data_root, image_size=32)
+    assert isinstance(d.train, LabeledImages) and d.train.images.shape[1:] == (3, 32, 32)
+    assert d.counts()["train"]["A"] + d.counts()["val"]["A"] == 800 and d.counts()["test"] == {"A": 200, "B": 200}
+    plain = load_domains("imagenette", None, data_root)  # no pixel shift: files, decoded by the loader
+    first = decode_rgb(plain.test["A"].paths[0], (32, 32))
+    assert torch.equal(d.test["A"].images[0], torch.from_numpy(first).permute(2, 0, 1))
+    assert (d.test["B"].images.float() - d.test["A"].images.float()).abs().mean() > 5  # snow changes the pixels
+    assert any("decoded into memory at 32 px" in note for note in d.notes)
+
+
+def test_a_file_backed_split_too_large_to_decode_is_a_named_error(data_root, monkeypatch):
+    import fastmbr.pipelines.datasets as datasets
+
+    monkeypatch.setattr(datasets, "MAX_DECODED_BYTES", 1 << 20)
+    with pytest.raises(FastmbrError, match=r"holds 800 images, .* decoded at 64 px; pass a smaller --image-size"):
+        load_domains("imagenette", "corruption:fog-1", data_root, image_size=64)
+
+
+@pytest.mark.parametrize("dataset,shift", [("mnist", "background-color"), ("gtsrb", "contrast"),
+                                           ("imagenette", "corruption:frost-1")])
+def test_test_only_prepares_the_same_test_domains_and_no_training_images(data_root, dataset, shift):
+    data_dir = None if dataset == "mnist" else data_root
+    full = load_domains(dataset, shift, data_dir, image_size=32, seed=4)
+    test_only = load_domains(dataset, shift, data_dir, image_size=32, seed=4, test_only=True)
+    assert len(test_only.train) == len(test_only.val) == 0 and test_only.train.images.shape[1:] == (3, 32, 32)
+    assert test_only.num_classes == full.num_classes and set(test_only.test) == set(full.test)
+    for name, domain in full.test.items():
+        assert torch.equal(test_only.test[name].images, domain.images)
+        assert torch.equal(test_only.test[name].labels, domain.labels)

@@ -26,6 +26,17 @@ def test_every_recipe_run_builds_a_config_and_its_algorithm(name, full, tmp_path
         build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam)
 
 
+def test_recipes_that_name_one_learned_model_describe_it_identically():
+    """G folders are shared by name (runs/repro/G/NAME): two recipes giving one name two specs would refuse each
+    other's G (the t3 Imagenette recipe reuses the Tiny-ImageNet G's)."""
+    seen: dict[str, tuple[str, dict]] = {}
+    for name in RECIPES:
+        for model, spec in load_recipe(name).get("learned_models", {}).items():
+            first = seen.setdefault(model, (name, spec))
+            assert first[1] == spec, f"{model}: {first[0]} and {name} describe it differently"
+    assert "tiny-snow" in load_recipe("t3_imagenette_transfer")["learned_models"]
+
+
 def test_full_settings_override_per_run_and_sweeps_expand():
     t6 = load_recipe("t6_gtsrb_brightness")
     assert run_config(t6, "pgd", 0, False, None, "cpu", EXPERIMENTS).algo.k == 10

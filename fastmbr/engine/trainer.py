@@ -275,10 +275,11 @@ class Trainer:
         """``--batch-size`` is the global batch; each rank takes an equal share of every global batch."""
         return self.cfg.data.batch_size // self.dist.world_size
 
-    def load_data(self) -> Domains:
+    def load_data(self, test_only: bool = False) -> Domains:
         d = self.cfg.data
         return load_domains(d.dataset, d.shift, d.data_dir, image_size=d.image_size, seed=self.cfg.seed,
-                            val_fraction=d.val_fraction, limit=d.limit, classes=d.classes, train_also=d.train_also)
+                            val_fraction=d.val_fraction, limit=d.limit, classes=d.classes, train_also=d.train_also,
+                            test_only=test_only)
 
     def rank_share(self, data):
         """This rank's strided 1/W of an evaluation split (the whole split in one process)."""
@@ -300,7 +301,8 @@ class Trainer:
 
     def build_model(self) -> nn.Module:
         train = self.domains.train
-        mean, std = channel_stats(train.images) if isinstance(train, LabeledImages) else (IMAGENET_MEAN, IMAGENET_STD)
+        measured = isinstance(train, LabeledImages) and len(train) > 0  # empty when scoring: weights bring theirs
+        mean, std = channel_stats(train.images) if measured else (IMAGENET_MEAN, IMAGENET_STD)
         size = self.cfg.data.image_size or self.domains.info.image_size
         model = build_classifier(self.cfg.arch, self.domains.num_classes, len(mean), size, mean, std)
         if not self.options.dropout:
@@ -763,11 +765,11 @@ def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir
         raise FastmbrError(f"{run_dir}: not a run folder (no config.json)")
     cfg = RunConfig.from_dict({k: v for k, v in read_json(run_dir / "config.json").items() if k != "commit"})
     data = replace(cfg.data, dataset=dataset or cfg.data.dataset, shift=shift if dataset or shift else cfg.data.shift,
-                   data_dir=data_dir or cfg.data.data_dir)
+                   data_dir=data_dir or cfg.data.data_dir, train_also=None)  # scoring needs no training set
     cfg = replace(cfg, data=data, device=device, compile=False)
     trainer = Trainer(cfg, run_dir, progress=False)
     trainer.channels_last = False
-    trainer.domains = trainer.load_data()
+    trainer.domains = trainer.load_data(test_only=True)
     trainer.model = trainer.build_model()
     weights = ckpt.load_weights(run_dir / "best.pt")
     try:

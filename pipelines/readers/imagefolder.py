@@ -121,6 +121,12 @@ def read(root: Path, split: str) -> LabeledImages:
     return LabeledImages(decode_all(paths), labels, classes, source=str(folder))
 
 
+def decode_files(files: ImageFiles, size: int) -> LabeledImages:
+    """A listed split decoded into memory at ``size`` px (Pillow's bilinear resize, antialiased when shrinking):
+    the pixel shifts (corruptions) of a file-backed dataset need the images themselves."""
+    return LabeledImages(decode_all(files.paths, size=(size, size)), files.labels, files.classes, files.source)
+
+
 def read_files(root: Path, split: str) -> ImageFiles:
     """List ``<root>/<split>/<class>/*`` (or ``root`` itself when it is the split folder) without decoding."""
     folder = split_folder(root, split, accept_root=True)
