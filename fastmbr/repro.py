@@ -336,6 +336,7 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
     if "sweep" in recipe:
         lines += sweep_section(recipe, runs, out.parent / recipe["name"])
     if "eval_shifts" in recipe:
+        lines += matched_model_section(recipe, runs)
         lines += shift_curve_section(recipe, runs, out.parent / recipe["name"])
     out.write_text("\n".join(lines))
     return out
@@ -423,12 +424,74 @@ def shift_curve_section(recipe: dict, runs: dict[str, list[dict]], folder: Path)
     return lines
 
 
+def shift_family(shift: str) -> str:
+    """What precedes the trailing severity or level: ``corruption:fog-3`` → ``corruption:fog``."""
+    return re.sub(r"-\d+$", "", shift)
+
+
+def learned_family(recipe: dict, run: str) -> str | None:
+    """The shift family the run's one learned G was trained for (``mda-fog`` → ``corruption:fog``), else None."""
+    models = recipe["runs"][run].get("model", [])
+    if len(models) != 1 or not models[0].startswith("learned:"):
+        return None
+    return shift_family(recipe["learned_models"][models[0][len("learned:"):]]["shift"])
+
+
+def family_means(ms: list[dict], shifts: list[str]) -> list[float]:
+    """Each seed's B top-1 averaged over the family's shifts (seeds missing one of them are left out)."""
+    keys = [shift_key(s) for s in shifts]
+    return [statistics.mean(m["eval"][k]["B"]["top1"] for k in keys) for m in ms if all(k in m["eval"] for k in keys)]
+
+
+def matched_model_section(recipe: dict, runs: dict[str, list[dict]]) -> list[str]:
+    """The paper's Table 3 layout: one column per shift family (B top-1 averaged over its severities), baselines as
+    rows, and per model-based algorithm one row that takes, in each column, the run whose G was learned for it."""
+    families = shift_families(recipe["eval_shifts"])
+    matched: dict[str, dict[str, str]] = {}
+    for run in runs:
+        family = learned_family(recipe, run)
+        if family in families:
+            matched.setdefault(recipe["runs"][run]["algo"], {})[family] = run
+    if len(families) < 2 or not matched:
+        return []
+    rows = {run.upper(): {f: run for f in families} for run in recipe["runs"]
+            if run in runs and recipe["runs"][run]["algo"] not in ("mrt", "mat", "mda")}
+    rows.update({f"{algo.upper()} (the column's G)": cols for algo, cols in matched.items()})
+    cell = {(row, f): family_means(runs.get(cols.get(f, ""), []), families[f]) for row, cols in rows.items()
+            for f in families}
+    lines = ["Domain-B top-1 averaged over each corruption's severities (the paper's Table 3 layout; mean ± sd over "
+             "seeds); a model-based row takes, in each column, the run whose G was learned for that column:", "",
+             "| algorithm | " + " | ".join(f"`{f}`" for f in families) + " |", "|---|" + "---|" * len(families)]
+    for row, cols in rows.items():
+        lines.append(f"| {row} | " + " | ".join(
+            f"{mean_sd(cell[row, f])} ({cols[f]})" if row.endswith("G)") and cell[row, f] else mean_sd(cell[row, f])
+            for f in families) + " |")
+    return lines + ["", matched_reading(rows, cell, families), ""]
+
+
+def matched_reading(rows: dict, cell: dict, families: dict) -> str:
+    """One generated sentence: in how many columns the matched-G row beats ERM, and by more than the spread."""
+    model_rows = [r for r in rows if r.endswith("G)")]
+    if "ERM" not in rows or not model_rows:
+        return "No ERM row or no matched model-based row yet."
+    parts = []
+    for row in model_rows:
+        scored = [f for f in families if len(cell[row, f]) > 1 and len(cell["ERM", f]) > 1]
+        gaps = {f: statistics.mean(cell[row, f]) - statistics.mean(cell["ERM", f]) for f in scored}
+        clear = [f for f in scored
+                 if gaps[f] > max(statistics.stdev(cell[row, f]), statistics.stdev(cell["ERM", f]))]
+        parts.append(f"{row} is above ERM in {sum(g > 0 for g in gaps.values())} of {len(scored)} columns, by more "
+                     f"than the spread over seeds in {len(clear)}"
+                     + (f" ({', '.join(f.split(':')[-1] for f in clear)})" if clear else ""))
+    return "; ".join(parts) + "."
+
+
 def shift_families(shifts: list[str]) -> dict[str, list[str]]:
     """Evaluation shifts grouped by what precedes their trailing severity (``corruption:fog-3`` → ``corruption:fog``),
     in recipe order."""
     families: dict[str, list[str]] = {}
     for shift in shifts:
-        families.setdefault(re.sub(r"-\d+$", "", shift), []).append(shift)
+        families.setdefault(shift_family(shift), []).append(shift)
     return families
 
 

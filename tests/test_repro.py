@@ -231,3 +231,36 @@ def test_each_family_of_evaluation_shifts_gets_its_table_and_plot(tmp_path, monk
     mda = next(line for line in fog_table.splitlines() if line.startswith("| MDA |"))
     assert mda.split(" | ")[3] == f"{statistics.mean(fog3['mda']):.1f} ± {statistics.stdev(fog3['mda']):.1f}"
     assert len((out / "shifts.csv").read_text().splitlines()) == 1 + len(recipe["runs"]) * 25
+
+
+def test_table_3_layout_takes_each_column_from_the_run_whose_g_was_learned_for_it():
+    from fastmbr.repro import matched_model_section, shift_key
+
+    recipe = load_recipe("t3_tinyimagenet_snow")
+    rng = random.Random(5)
+    offset = {"erm": 0.0, "augmix": -1.0, "mda": 3.0, "mda-fog": 20.0, "mda-frost": -4.0}
+    runs, truth = {}, {}
+    for run, bump in offset.items():
+        for seed in range(3):
+            evals = {}
+            for shift in recipe["eval_shifts"]:
+                family, severity = shift.rsplit("-", 1)
+                top1 = 30.0 - 2 * int(severity) + bump + rng.uniform(-0.5, 0.5)
+                evals[shift_key(shift)] = {"B": {"top1": top1}}
+                truth.setdefault((run, family), [[], [], []])[seed].append(top1)
+            runs.setdefault(run, []).append({"eval": evals})
+    lines = matched_model_section(recipe, runs)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and "---" not in line}
+    assert list(rows) == ["algorithm", "ERM", "AUGMIX", "MDA (the column's G)"]
+
+    def cell(run, family):
+        means = [statistics.mean(v) for v in truth[run, family]]
+        return f"{statistics.mean(means):.1f} ± {statistics.stdev(means):.1f}"
+
+    matched = rows["MDA (the column's G)"].split(" | ")[1:]
+    assert matched[0] == f"{cell('mda', 'corruption:snow')} (mda)"
+    assert matched[1] == f"{cell('mda-fog', 'corruption:fog')} (mda-fog)"
+    assert matched[2] == f"{cell('mda-frost', 'corruption:frost')} (mda-frost)"
+    assert matched[3].strip(" |") == "–"  # no mda-brightness run has finished
+    assert rows["ERM"].split(" | ")[2] == cell("erm", "corruption:fog")
+    assert "above ERM in 2 of 3 columns, by more than the spread over seeds in 2 (snow, fog)" in lines[-2]
