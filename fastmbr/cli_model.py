@@ -138,7 +138,7 @@ def sample_command(
         raise FastmbrError(f"--k and --rows must be >= 1, got {k} and {rows}")
     dev = resolve_device(device)
     g = load_variation(g_dir, dev)
-    domains = load_domains(dataset, shift, data_dir)
+    domains = load_domains(dataset, shift, data_dir, image_size=g.image_size)  # the size G was trained at
     test_a, test_b = domains.test["A"], domains.test.get("B", domains.test["A"])
     n = min(rows, len(test_a), len(test_b))
     xa = test_a.images[:n].to(dev).float() / 255
@@ -172,7 +172,7 @@ def score_command(
         raise FastmbrError(f"--epochs must be >= 1 and --max-train >= 2, got {epochs} and {max_train}")
     dev = resolve_device(device)
     g = load_variation(g_dir, dev)
-    domains = load_domains(dataset, shift, data_dir)
+    domains = load_domains(dataset, shift, data_dir, image_size=g.image_size)  # the size G was trained at
     result = score(g, domains, dev, cache_dir or Path(g_dir) / "score_cache",
                    ScoreConfig(epochs=epochs, max_train=max_train, max_test=max_test))
     result["data"] = domains.notes

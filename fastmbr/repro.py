@@ -429,12 +429,16 @@ def shift_family(shift: str) -> str:
     return re.sub(r"-\d+$", "", shift)
 
 
-def learned_family(recipe: dict, run: str) -> str | None:
-    """The shift family the run's one learned G was trained for (``mda-fog`` → ``corruption:fog``), else None."""
+def learned_family(recipe: dict, run: str) -> tuple[str, str] | None:
+    """The shift family the run's one learned G was trained for (``mda-fog`` → ``corruption:fog``) and how that G
+    was trained apart from its shift (data, classes, size, iterations: G's of one kind form one row), else None."""
     models = recipe["runs"][run].get("model", [])
     if len(models) != 1 or not models[0].startswith("learned:"):
         return None
-    return shift_family(recipe["learned_models"][models[0][len("learned:"):]]["shift"])
+    spec = recipe["learned_models"][models[0][len("learned:"):]]
+    kind = (f"{spec['dataset']} classes {spec.get('classes', 'all')}, {spec.get('size', 'tiny')}, "
+            f"{spec.get('iters', 'preset')} it")
+    return shift_family(spec["shift"]), kind
 
 
 def family_means(ms: list[dict], shifts: list[str]) -> list[float]:
@@ -447,31 +451,36 @@ def matched_model_section(recipe: dict, runs: dict[str, list[dict]]) -> list[str
     """The paper's Table 3 layout: one column per shift family (B top-1 averaged over its severities), baselines as
     rows, and per model-based algorithm one row that takes, in each column, the run whose G was learned for it."""
     families = shift_families(recipe["eval_shifts"])
-    matched: dict[str, dict[str, str]] = {}
-    for run in runs:
-        family = learned_family(recipe, run)
-        if family in families:
-            matched.setdefault(recipe["runs"][run]["algo"], {})[family] = run
+    matched: dict[tuple[str, str], dict[str, str]] = {}
+    for run in recipe["runs"]:
+        found = learned_family(recipe, run) if run in runs else None
+        if found and found[0] in families:
+            matched.setdefault((recipe["runs"][run]["algo"], found[1]), {})[found[0]] = run
     if len(families) < 2 or not matched:
         return []
     rows = {run.upper(): {f: run for f in families} for run in recipe["runs"]
             if run in runs and recipe["runs"][run]["algo"] not in ("mrt", "mat", "mda")}
-    rows.update({f"{algo.upper()} (the column's G)": cols for algo, cols in matched.items()})
+    kinds = {}
+    for algo, kind in matched:
+        kinds.setdefault(algo, []).append(kind)
+    for (algo, kind), cols in matched.items():
+        rows[f"{algo.upper()} (the column's G{'' if len(kinds[algo]) == 1 else f': {kind}'})"] = cols
     cell = {(row, f): family_means(runs.get(cols.get(f, ""), []), families[f]) for row, cols in rows.items()
             for f in families}
     lines = ["Domain-B top-1 averaged over each corruption's severities (the paper's Table 3 layout; mean ± sd over "
              "seeds); a model-based row takes, in each column, the run whose G was learned for that column:", "",
              "| algorithm | " + " | ".join(f"`{f}`" for f in families) + " |", "|---|" + "---|" * len(families)]
     for row, cols in rows.items():
+        named = "the column's G" in row  # say which run filled each cell
         lines.append(f"| {row} | " + " | ".join(
-            f"{mean_sd(cell[row, f])} ({cols[f]})" if row.endswith("G)") and cell[row, f] else mean_sd(cell[row, f])
+            f"{mean_sd(cell[row, f])} ({cols[f]})" if named and cell[row, f] else mean_sd(cell[row, f])
             for f in families) + " |")
     return lines + ["", matched_reading(rows, cell, families), ""]
 
 
 def matched_reading(rows: dict, cell: dict, families: dict) -> str:
     """One generated sentence: in how many columns the matched-G row beats ERM, and by more than the spread."""
-    model_rows = [r for r in rows if r.endswith("G)")]
+    model_rows = [r for r in rows if "the column's G" in r]
     if "ERM" not in rows or not model_rows:
         return "No ERM row or no matched model-based row yet."
     parts = []

@@ -264,3 +264,14 @@ def test_table_3_layout_takes_each_column_from_the_run_whose_g_was_learned_for_i
     assert matched[3].strip(" |") == "–"  # no mda-brightness run has finished
     assert rows["ERM"].split(" | ")[2] == cell("erm", "corruption:fog")
     assert "above ERM in 2 of 3 columns, by more than the spread over seeds in 2 (snow, fog)" in lines[-2]
+
+
+def test_table_3_layout_gives_each_kind_of_g_its_own_row():
+    from fastmbr.repro import matched_model_section, shift_key
+
+    recipe = load_recipe("t3_imagenette_transfer")
+    evals = {shift_key(s): {"B": {"top1": 10.0}} for s in recipe["eval_shifts"]}
+    runs = {run: [{"eval": evals}] * 2 for run in ("erm", "mda", "mda-fog", "mda-g200")}
+    rows = [line.split(" | ")[0].lstrip("| ") for line in matched_model_section(recipe, runs) if line.startswith("| M")]
+    assert rows == ["MDA (the column's G: tiny-imagenet classes 0-9, tiny, 2000 it)",
+                    "MDA (the column's G: tiny-imagenet classes all, tiny, 4000 it)"]
