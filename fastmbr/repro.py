@@ -431,14 +431,16 @@ def shift_family(shift: str) -> str:
 
 def learned_family(recipe: dict, run: str) -> tuple[str, str] | None:
     """The shift family the run's one learned G was trained for (``mda-fog`` → ``corruption:fog``) and how that G
-    was trained apart from its shift (data, classes, size, iterations: G's of one kind form one row), else None."""
+    was trained apart from its shift (data, classes, size, iterations) with the run's λ when it sets one: runs of
+    one kind form one row. None for runs without exactly one learned G."""
     models = recipe["runs"][run].get("model", [])
     if len(models) != 1 or not models[0].startswith("learned:"):
         return None
     spec = recipe["learned_models"][models[0][len("learned:"):]]
     kind = (f"{spec['dataset']} classes {spec.get('classes', 'all')}, {spec.get('size', 'tiny')}, "
             f"{spec.get('iters', 'preset')} it")
-    return shift_family(spec["shift"]), kind
+    lam = recipe["runs"][run].get("lambda")
+    return shift_family(spec["shift"]), kind + ("" if lam is None else f"; λ = {lam}")
 
 
 def family_means(ms: list[dict], shifts: list[str]) -> list[float]:
