@@ -142,6 +142,8 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.algo.models = resolve_models(list(spec.get("model", cfg.algo.models)), root.parent, recipe, full)
     cfg.optim.epochs = spec.get("epochs", cfg.optim.epochs)
     cfg.optim.warmup_epochs = spec.get("warmup_epochs", 0)
+    cfg.optim.lr = spec.get("lr", cfg.optim.lr)
+    cfg.optim.lr_end = spec.get("lr_end", cfg.optim.lr_end)
     cfg.data.image_size = spec.get("image_size", cfg.data.image_size)
     cfg.data.limit = spec.get("limit", cfg.data.limit)
     cfg.data.classes = spec.get("classes", cfg.data.classes)
@@ -431,16 +433,17 @@ def shift_family(shift: str) -> str:
 
 def learned_family(recipe: dict, run: str) -> tuple[str, str] | None:
     """The shift family the run's one learned G was trained for (``mda-fog`` → ``corruption:fog``) and how that G
-    was trained apart from its shift (data, classes, size, iterations) with the run's λ when it sets one: runs of
-    one kind form one row. None for runs without exactly one learned G."""
+    was trained apart from its shift (data, classes, size, iterations) with the run's own λ and lr: runs of one
+    kind form one row. None for runs without exactly one learned G."""
     models = recipe["runs"][run].get("model", [])
     if len(models) != 1 or not models[0].startswith("learned:"):
         return None
     spec = recipe["learned_models"][models[0][len("learned:"):]]
     kind = (f"{spec['dataset']} classes {spec.get('classes', 'all')}, {spec.get('size', 'tiny')}, "
             f"{spec.get('iters', 'preset')} it")
-    lam = recipe["runs"][run].get("lambda")
-    return shift_family(spec["shift"]), kind + ("" if lam is None else f"; λ = {lam}")
+    own = {"λ" if key == "lambda" else key: recipe["runs"][run][key] for key in ("lambda", "lr")
+           if key in recipe["runs"][run]}
+    return shift_family(spec["shift"]), kind + "".join(f"; {key} = {value}" for key, value in own.items())
 
 
 def family_means(ms: list[dict], shifts: list[str]) -> list[float]:

@@ -271,8 +271,10 @@ def test_table_3_layout_gives_each_kind_of_g_its_own_row():
 
     recipe = load_recipe("t3_imagenette_transfer")
     evals = {shift_key(s): {"B": {"top1": 10.0}} for s in recipe["eval_shifts"]}
-    runs = {run: [{"eval": evals}] * 2 for run in ("erm", "mda", "mda-fog", "mda-g200", "mda-g200-l3")}
+    names = ("erm", "mda", "mda-fog", "mda-g200", "mda-g200-l3", "mda-g200-lr")
+    runs = {run: [{"eval": evals}] * 2 for run in names}
     rows = [line.split(" | ")[0].lstrip("| ") for line in matched_model_section(recipe, runs) if line.startswith("| M")]
     assert rows == ["MDA (the column's G: tiny-imagenet classes 0-9, tiny, 2000 it)",
                     "MDA (the column's G: tiny-imagenet classes all, tiny, 4000 it)",
-                    "MDA (the column's G: tiny-imagenet classes all, tiny, 4000 it; λ = 3.0)"]
+                    "MDA (the column's G: tiny-imagenet classes all, tiny, 4000 it; λ = 3.0)",
+                    "MDA (the column's G: tiny-imagenet classes all, tiny, 4000 it; lr = 0.0125)"]
