@@ -78,6 +78,7 @@ class RunConfig:
 _RUN_FIELDS = {"arch", "device", "seed", "out", "amp", "compile", "compile_mode", "channels_last", "log_every",
                "checkpoint_every", "keep_checkpoints", "max_nonfinite"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+MODEL_BASED = ("mrt", "mat", "mda")  # the algorithms that query a model of variation (their own batch preset)
 _DIGITS = {"arch": "cnn", "optim": {"optimizer": "adadelta", "lr": 1.0}, "batch_size": 64}
 # Appendix A: CNN + Adadelta lr 1.0, batch 64, 100 epochs; ImageNet: ResNet-50, SGD 0.05 → 0.001 linear, batch 64
 # (32 for model-based algorithms). Default models of variation per dataset and shift kind.
@@ -106,7 +107,7 @@ def preset_config(dataset: str, algo: str = "erm", shift: str | None = None) -> 
     if dataset not in PRESETS:
         raise FastmbrError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(PRESETS))}")
     p = PRESETS[dataset]
-    model_based = algo in ("mrt", "mat", "mda")
+    model_based = algo in MODEL_BASED
     batch = p.get("model_based_batch_size", p["batch_size"]) if model_based else p["batch_size"]
     kind = (shift or "").partition(":")[0] or None
     from fastmbr.pipelines.datasets import dataset_info

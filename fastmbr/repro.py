@@ -14,12 +14,13 @@ import re
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from fastmbr.config import preset_config
+from fastmbr.config import MODEL_BASED, preset_config
 from fastmbr.engine.rundir import git_sha
 from fastmbr.errors import FastmbrError
 
@@ -275,7 +276,7 @@ def reading(recipe: dict, runs: dict[str, list[dict]]) -> str:
     b_top1 = {run: [m["test"]["B"]["top1"] for m in ms] for run, ms in runs.items() if ms}
     if ref not in b_top1:
         return f"{ref.upper()} has not run yet."
-    model_based = {r: v for r, v in b_top1.items() if recipe["runs"].get(r, {}).get("algo") in ("mrt", "mat", "mda")}
+    model_based = {r: v for r, v in b_top1.items() if recipe["runs"].get(r, {}).get("algo") in MODEL_BASED}
     if not model_based:
         return "No model-based run has finished yet."
     base = b_top1[ref]
@@ -463,30 +464,28 @@ def matched_model_section(recipe: dict, runs: dict[str, list[dict]]) -> list[str
             matched.setdefault((recipe["runs"][run]["algo"], found[1]), {})[found[0]] = run
     if len(families) < 2 or not matched:
         return []
+    kinds_of = Counter(algo for algo, _ in matched)
+    model_rows = {f"{algo.upper()} (the column's G{'' if kinds_of[algo] == 1 else f': {kind}'})": cols
+                  for (algo, kind), cols in matched.items()}
     rows = {run.upper(): {f: run for f in families} for run in recipe["runs"]
-            if run in runs and recipe["runs"][run]["algo"] not in ("mrt", "mat", "mda")}
-    kinds = {}
-    for algo, kind in matched:
-        kinds.setdefault(algo, []).append(kind)
-    for (algo, kind), cols in matched.items():
-        rows[f"{algo.upper()} (the column's G{'' if len(kinds[algo]) == 1 else f': {kind}'})"] = cols
+            if run in runs and recipe["runs"][run]["algo"] not in MODEL_BASED}
+    rows.update(model_rows)
     cell = {(row, f): family_means(runs.get(cols.get(f, ""), []), families[f]) for row, cols in rows.items()
             for f in families}
     lines = ["Domain-B top-1 averaged over each corruption's severities (the paper's Table 3 layout; mean ± sd over "
              "seeds); a model-based row takes, in each column, the run whose G was learned for that column:", "",
              "| algorithm | " + " | ".join(f"`{f}`" for f in families) + " |", "|---|" + "---|" * len(families)]
     for row, cols in rows.items():
-        named = "the column's G" in row  # say which run filled each cell
+        named = row in model_rows  # say which run filled each cell
         lines.append(f"| {row} | " + " | ".join(
             f"{mean_sd(cell[row, f])} ({cols[f]})" if named and cell[row, f] else mean_sd(cell[row, f])
             for f in families) + " |")
-    return lines + ["", matched_reading(rows, cell, families), ""]
+    return lines + ["", matched_reading(list(model_rows), "ERM" in rows, cell, families), ""]
 
 
-def matched_reading(rows: dict, cell: dict, families: dict) -> str:
-    """One generated sentence: in how many columns the matched-G row beats ERM, and by more than the spread."""
-    model_rows = [r for r in rows if "the column's G" in r]
-    if "ERM" not in rows or not model_rows:
+def matched_reading(model_rows: list[str], has_erm: bool, cell: dict, families: dict) -> str:
+    """One generated sentence: in how many columns each matched-G row beats ERM, and by more than the spread."""
+    if not has_erm or not model_rows:
         return "No ERM row or no matched model-based row yet."
     parts = []
     for row in model_rows:

@@ -244,12 +244,11 @@ def decoded_for_shift(data: ImageFiles, size: int, shift: str, notes: list[str])
     from fastmbr.pipelines.readers.imagefolder import decode_files
 
     need = len(data) * 3 * size * size
-    if need == 0:
-        return LabeledImages(torch.zeros(0, 3, size, size, dtype=torch.uint8), data.labels, data.classes, data.source)
     if need > MAX_DECODED_BYTES:
         raise FastmbrError(f"shift {shift}: {data.source} holds {len(data)} images, {need / 2**30:.0f} GiB "
                            f"decoded at {size} px; pass a smaller --image-size")
-    notes.append(f"{data.source}: {len(data)} images decoded into memory at {size} px for the shift {shift}")
+    if len(data):
+        notes.append(f"{data.source}: {len(data)} images decoded into memory at {size} px for the shift {shift}")
     return decode_files(data, size)
 
 
@@ -259,25 +258,20 @@ def check_shift_kinds(info: DatasetInfo, spec: ShiftSpec) -> None:
             raise FastmbrError(f"dataset {info.name!r} has no shift {kind!r}; it has: {', '.join(info.shifts)}")
 
 
-def labelled_shifted(train: LabeledImages, labelled_a: LabeledImages, val: LabeledImages, text: str,
+def labelled_shifted(train: LabeledImages, labelled_a: LabeledImages, val: LabeledImages, spec: ShiftSpec,
                      info: DatasetInfo, seed: int, thresholds: tuple | None) -> LabeledImages:
-    """Domain B of the shift ``text`` drawn from the training split, labelled, for the paper's "+Aug" baselines
+    """Domain B of the shift ``spec`` drawn from the training split, labelled, for the paper's "+Aug" baselines
     (Table 2: ERM+Aug sees labelled challenge-level 0 AND level 2 images).
 
     A paired shift contributes the renderings of the labelled A images' frames only; any shift loses the frames of
     the validation split, so model selection still sees no frame the classifier trained on.
     """
-    spec = parse_shift(text)
-    check_shift_kinds(info, spec)
     shifted = split_domains(train, spec, info.name, seed=seed + 1, thresholds=thresholds)["B"]
     frames = frame_ids(shifted)
     keep = ~torch.isin(frames, frame_ids(val))
     if spec.kind in PAIRED_SHIFTS:
         keep &= torch.isin(frames, frame_ids(labelled_a))
-    shifted = shifted.subset(torch.nonzero(keep).flatten())
-    if len(shifted) == 0:
-        raise FastmbrError(f"--train-also {text}: {info.name} has no training images in domain B of {spec.label}")
-    return shifted
+    return shifted.subset(torch.nonzero(keep).flatten())
 
 
 def load_domains(
@@ -304,6 +298,9 @@ def load_domains(
     info = dataset_info(name)
     spec = parse_shift(shift or info.default_shift)
     check_shift_kinds(info, spec)
+    also = parse_shift(train_also) if train_also and not test_only else None  # a bad one fails before any decoding
+    if also is not None:
+        check_shift_kinds(info, also)
     notes: list[str] = []
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
@@ -313,9 +310,9 @@ def load_domains(
         notes.append(f"classes {classes}: {len(keep)} of {len(train.classes)} kept, relabelled 0-{len(keep) - 1}")
         train, test = select_classes(train, keep), select_classes(test, keep)
     if test_only:
-        train, train_also = train.subset(torch.zeros(0, dtype=torch.long)), None
+        train = train.subset(torch.zeros(0, dtype=torch.long))
     size = image_size or info.image_size
-    pixel_shift = train_also or (spec.label if spec.kind != "none" else None)
+    pixel_shift = train_also if also is not None else (spec.label if spec.kind != "none" else None)
     if isinstance(train, ImageFiles) and pixel_shift:
         train, test = (decoded_for_shift(d, size, pixel_shift, notes) for d in (train, test))
     if isinstance(train, ImageFiles):
@@ -336,9 +333,11 @@ def load_domains(
     labelled, val = train_a.subset(rest), train_a.subset(carved)
     unlabeled = unlabeled_pools(train_domains, spec, seed + 3, notes)
     extra = {}
-    if train_also:
-        shifted = labelled_shifted(train, labelled, val, train_also, info, seed, thresholds)
-        extra = {f"labelled {parse_shift(train_also).b}": len(shifted)}
+    if also is not None:
+        shifted = labelled_shifted(train, labelled, val, also, info, seed, thresholds)
+        if len(shifted) == 0:
+            raise FastmbrError(f"--train-also {train_also}: {name} has no training images in domain B of {also.label}")
+        extra = {f"labelled {also.b}": len(shifted)}
         notes.append(f"--train-also {train_also}: {len(shifted)} labelled images of its domain B added to the "
                      f"{len(labelled)} of domain A (a '+Aug' baseline); validation stays on A")
         labelled = concat_images([labelled, shifted], f"{labelled.source} + {train_also}")

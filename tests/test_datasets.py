@@ -135,7 +135,7 @@ def test_labelled_shifted_keeps_its_domain_b_minus_the_validation_frames():
     """An unpaired (threshold) shift adds every B image of the training split but those the validation split holds;
     frame ids attached before the split survive every subset, so the check is exact."""
     from fastmbr.pipelines.datasets import dataset_info, labelled_shifted
-    from fastmbr.pipelines.shifts import brightness, contrast
+    from fastmbr.pipelines.shifts import brightness, contrast, parse_shift
 
     g = torch.Generator().manual_seed(3)
     levels = torch.randint(0, 256, (300, 1, 1, 1), generator=g)
@@ -145,9 +145,10 @@ def test_labelled_shifted_keeps_its_domain_b_minus_the_validation_frames():
     train = LabeledImages(images, torch.arange(300) % 43, [str(i) for i in range(43)], "synthetic").with_frames()
     dark = torch.nonzero(brightness(train.images) < 40).flatten()
     labelled, val = train.subset(dark[: len(dark) // 2]), train.subset(dark[len(dark) // 2:])
-    bright = labelled_shifted(train, labelled, val, "brightness", dataset_info("gtsrb"), 0, None)
+    bright = labelled_shifted(train, labelled, val, parse_shift("brightness"), dataset_info("gtsrb"), 0, None)
     assert bright.frames.tolist() == torch.nonzero(brightness(train.images) > 170).flatten().tolist()
-    flat = labelled_shifted(train, labelled, val, "contrast:high-low", dataset_info("gtsrb"), 0, None)
+    flat = labelled_shifted(train, labelled, val, parse_shift("contrast:high-low"), dataset_info("gtsrb"), 0,
+                            None)
     held_out = set(val.frames.tolist())
     want = [i for i in torch.nonzero(contrast(train.images) < 80).flatten().tolist() if i not in held_out]
     assert flat.frames.tolist() == want and len(want) < int((contrast(train.images) < 80).sum())

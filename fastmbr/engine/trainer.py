@@ -765,7 +765,7 @@ def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir
         raise FastmbrError(f"{run_dir}: not a run folder (no config.json)")
     cfg = RunConfig.from_dict({k: v for k, v in read_json(run_dir / "config.json").items() if k != "commit"})
     data = replace(cfg.data, dataset=dataset or cfg.data.dataset, shift=shift if dataset or shift else cfg.data.shift,
-                   data_dir=data_dir or cfg.data.data_dir, train_also=None)  # scoring needs no training set
+                   data_dir=data_dir or cfg.data.data_dir)
     cfg = replace(cfg, data=data, device=device, compile=False)
     trainer = Trainer(cfg, run_dir, progress=False)
     trainer.channels_last = False

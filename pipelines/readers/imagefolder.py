@@ -124,7 +124,11 @@ def read(root: Path, split: str) -> LabeledImages:
 def decode_files(files: ImageFiles, size: int) -> LabeledImages:
     """A listed split decoded into memory at ``size`` px (Pillow's bilinear resize, antialiased when shrinking):
     the pixel shifts (corruptions) of a file-backed dataset need the images themselves."""
-    return LabeledImages(decode_all(files.paths, size=(size, size)), files.labels, files.classes, files.source)
+    if not files.paths:
+        images = torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    else:
+        images = decode_all(files.paths, size=(size, size))
+    return LabeledImages(images, files.labels, files.classes, files.source)
 
 
 def read_files(root: Path, split: str) -> ImageFiles:
