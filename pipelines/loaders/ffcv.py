@@ -1,9 +1,10 @@
 """FFCV over a cached ``.beton`` (see ``fastmbr.pipelines.prepare``).
 
-As with the DALI loader, the order is ours: each epoch gets an FFCV ``Loader`` with ``OrderOption.SEQUENTIAL``
-over this shard's indices in ``epoch_order``/``shard_order`` order, starting at ``start_batch``. That makes the
-order and every un-augmented batch exact on resume; FFCV's random crop/flip draw from its own per-batch state,
-so augmented pixels after a resume are fresh draws.
+As with the DALI loader, the order is ours: one FFCV ``Loader`` serves every epoch (building one compiles its
+pipeline with numba, seconds each time), and before each epoch its traversal order is handed this shard's
+indices in ``epoch_order``/``shard_order`` order, starting at ``start_batch``. That makes the order and every
+un-augmented batch exact on resume; FFCV's random crop/flip draw from numba's unseeded per-thread state, so
+augmented pixels after a resume are fresh draws.
 
 Bad input is a one-line error, never a hang: image files are checked to exist and decode before a ``.beton`` is
 written from them (FFCV's writer waits forever for a worker that died on a bad file), and a cached ``.beton``
@@ -88,6 +89,16 @@ def checked_beton(data: LabeledImages | ImageFiles, workers: int) -> Path:
     return path
 
 
+class EpochOrder:
+    """FFCV's traversal-order interface, answering each epoch with the order set just before it."""
+
+    def __init__(self):
+        self.order = np.zeros(0, dtype=np.uint64)
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        return self.order
+
+
 class FfcvLoader:
     def __init__(self, data: LabeledImages | ImageFiles, cfg: LoaderConfig):
         import_ffcv()
@@ -100,6 +111,7 @@ class FfcvLoader:
         self.device = torch.device(cfg.device)
         self.path = checked_beton(data, workers=max(1, cfg.num_workers))
         self.epoch, self.start_batch = 0, 0
+        self.schedule, self._ffcv = EpochOrder(), None
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -112,7 +124,10 @@ class FfcvLoader:
     def __len__(self) -> int:
         return -(-len(self._order()) // self.cfg.batch_size)
 
-    def _loader(self, indices: np.ndarray):
+    def _loader(self):
+        """The FFCV ``Loader``, built on first use and kept: later epochs only change its order."""
+        if self._ffcv is not None:
+            return self._ffcv
         from ffcv.fields.decoders import IntDecoder
         from ffcv.loader import Loader, OrderOption
         from ffcv.transforms import Squeeze, ToDevice, ToTensor
@@ -121,16 +136,19 @@ class FfcvLoader:
             "image": image_pipeline(self.cfg, self.in_memory, self.device),
             "label": [IntDecoder(), ToTensor(), Squeeze(-1), ToDevice(self.device)],
         }
-        return Loader(str(self.path), batch_size=self.cfg.batch_size, num_workers=max(1, self.cfg.num_workers),
-                      order=OrderOption.SEQUENTIAL, indices=indices, pipelines=pipelines, drop_last=False,
-                      seed=self.cfg.seed * 1_000_003 + self.epoch)
+        self._ffcv = Loader(str(self.path), batch_size=self.cfg.batch_size, num_workers=max(1, self.cfg.num_workers),
+                            order=OrderOption.SEQUENTIAL, pipelines=pipelines, drop_last=False, seed=self.cfg.seed)
+        self._ffcv.traversal_order = self.schedule
+        return self._ffcv
 
     def __iter__(self):
         indices = self._order()[self.start_batch * self.cfg.batch_size :].numpy()
         self.start_batch = 0
         if len(indices) == 0:
             return
-        for images, labels in self._loader(indices):
+        loader = self._loader()
+        self.schedule.order = indices.astype(np.uint64)
+        for images, labels in loader:
             x = images.float().div_(255.0)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
