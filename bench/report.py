@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from fastmbr.bench.stages import (BenchSetup, bench_classifier_step, bench_expand, bench_full_step, bench_loader,
-                                  tune_decode_chunk)
+                                  engine_step, erm_batch, tune_decode_chunk)
 from fastmbr.engine.rundir import git_sha
 from fastmbr.fileio import atomic_write
 
@@ -46,22 +47,55 @@ def suite(setup: BenchSetup, quick: bool) -> list[tuple[str, callable]]:
     cases.append(("classifier step", lambda: bench_classifier_step(setup)))
     algos = [("mda", 3), ("mrt", 10)] if quick else [("mda", 3), ("mda", 10), ("mrt", 10), ("mrt", 20)]
     cases += [(f"{a}-{k}", lambda a=a, k=k: bench_full_step(setup, a, k)) for a, k in algos]
-    cases.append(("loaders", lambda: loader_cases(setup)))
+    cases.append(("loaders", lambda: loader_cases(setup, quick)))
+    cases.append(("erm fed", lambda: erm_fed_cases(setup, quick)))
     cases.append(("kernels", lambda: kernel_cases(setup, quick)))
     return cases
 
 
-def loader_cases(setup: BenchSetup) -> list[dict]:
+def tree_images(setup: BenchSetup, quick: bool) -> int:
+    """JPEGs in the loaders' tree: enough for a few timed batches on a CPU, 16 batches of 256 on a GPU."""
+    return 320 if quick or setup.device.type != "cuda" else 4096
+
+
+def loader_workers(setup: BenchSetup) -> int:
+    return min(8, os.cpu_count() or 1) if setup.device.type == "cuda" else 2
+
+
+def loader_cases(setup: BenchSetup, quick: bool) -> list[dict]:
+    """In-memory MNIST through the tensor and torch loaders, then a JPEG tree through every file backend."""
+    from fastmbr.bench.loading import FILE_BACKENDS, bench_file_loader, jpeg_tree
     from fastmbr.pipelines.datasets import load_domains
 
     data = load_domains("mnist").train
-    out = []
-    for backend in ("tensor", "torch"):
-        try:
-            out.append(bench_loader(backend, data, setup))
-        except Exception as exc:  # noqa: BLE001 - a backend missing here is reported, not fatal
-            out.append({"case": f"loader {backend}", "error": str(exc).splitlines()[0]})
+    out = [reported(f"loader {backend}", lambda b=backend: bench_loader(b, data, setup))
+           for backend in ("tensor", "torch")]
+    batch, workers = erm_batch(setup), loader_workers(setup)
+    with jpeg_tree(tree_images(setup, quick), setup.image_size, workers) as files:
+        out += [reported(f"loader {backend} (JPEG tree)", lambda b=backend: bench_file_loader(
+            files, b, batch, setup.image_size, setup.device, workers)) for backend in FILE_BACKENDS]
     return out
+
+
+def erm_fed_cases(setup: BenchSetup, quick: bool) -> list[dict]:
+    """ERM's engine step fed by each file backend from the JPEG tree, against the same step on resident data."""
+    from fastmbr.bench.loading import FILE_BACKENDS, bench_erm_fed_by, jpeg_tree
+
+    batch, workers = erm_batch(setup), loader_workers(setup)
+    label = f"{setup.arch}, {setup.image_size}px, batch {batch}" + (", bf16" if setup.amp else "") + \
+        (", compiled" if setup.compile else "")
+    step = engine_step(setup)  # one model for every backend: compiled once, its shapes never change
+    with jpeg_tree(tree_images(setup, quick), setup.image_size, workers) as files:
+        return [reported(f"ERM fed by {backend}", lambda b=backend: bench_erm_fed_by(
+            files, b, step, batch, setup.image_size, setup.device, workers, label)) for backend in FILE_BACKENDS]
+
+
+def reported(case: str, run) -> dict:
+    """``run()``, or the one-line reason it failed: a backend that cannot run here is reported, not fatal."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001
+        return {"case": case, "error": (str(exc).splitlines() or [type(exc).__name__])[0]}
 
 
 def kernel_cases(setup: BenchSetup, quick: bool) -> list[dict]:

@@ -182,30 +182,47 @@ def engine_optimizer(arch: str, model: nn.Module) -> torch.optim.Optimizer:
     return opt
 
 
+def engine_model(setup: BenchSetup, plain: nn.Module) -> nn.Module:
+    """A copy of ``plain`` laid out as the engine trains it: channels-last, compiled under ``--compile``."""
+    fast = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
+    fast.load_state_dict(plain.state_dict())
+    return fast.to(memory_format=torch.channels_last)
+
+
+def training_step(model: nn.Module, opt: torch.optim.Optimizer, precision=nullcontext):
+    """``step(x, y)``: one cross-entropy step of ``model`` (the classifier step every ERM case times)."""
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        opt.zero_grad(set_to_none=True)
+        with precision():
+            loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def engine_step(setup: BenchSetup):
+    """The engine's ERM step (channels-last, the engine's optimizer, bf16 under ``--amp``, compiled under
+    ``--compile``) on a fresh classifier."""
+    torch.manual_seed(0)
+    fast = engine_model(setup, build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device))
+    model = torch.compile(fast) if setup.compile else fast
+    return training_step(model, engine_optimizer(setup.arch, fast), lambda: fast_precision(setup))
+
+
 def bench_classifier_step(setup: BenchSetup) -> dict:
     """ERM's step: plain eager fp32 (contiguous, plain Adadelta) against the engine's path (channels-last, the
     engine's optimizer, bf16 under ``--amp``, compiled under ``--compile``)."""
     torch.manual_seed(0)
     batch = erm_batch(setup)
     plain = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
-    fast = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
-    fast.load_state_dict(plain.state_dict())
-    fast = fast.to(memory_format=torch.channels_last)
+    fast = engine_model(setup, plain)
     fast_step_model = torch.compile(fast) if setup.compile else fast
-    plain_opt, fast_opt = torch.optim.Adadelta(plain.parameters()), engine_optimizer(setup.arch, fast)
+    plain_step = training_step(plain, torch.optim.Adadelta(plain.parameters()))
+    fast_step = training_step(fast_step_model, engine_optimizer(setup.arch, fast), lambda: fast_precision(setup))
     x = torch.rand(batch, 3, setup.image_size, setup.image_size, device=setup.device)
     x_fast = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=setup.device)
-
-    def step(model, opt, inputs, precision=nullcontext):
-        opt.zero_grad(set_to_none=True)
-        with precision():
-            loss = nn.functional.cross_entropy(model(inputs), y)
-        loss.backward()
-        opt.step()
-
-    paths = {"eager fp32": lambda: step(plain, plain_opt, x),
-             "fastmbr": lambda: step(fast_step_model, fast_opt, x_fast, lambda: fast_precision(setup))}
+    paths = {"eager fp32": lambda: plain_step(x, y), "fastmbr": lambda: fast_step(x_fast, y)}
     t = side_by_side(paths, setup.device, setup.repeats, setup.rounds)
     precision = ", bf16" if setup.amp else ""
     return {"case": f"classifier step, ERM ({setup.arch}, {setup.image_size}px, batch {batch}{precision})",

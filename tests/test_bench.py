@@ -56,3 +56,43 @@ def test_flop_counter_matches_the_formula_for_a_convolution():
 
     x, w = torch.rand(2, 3, 8, 8), torch.rand(4, 3, 3, 3)
     assert flops_of(lambda: torch.nn.functional.conv2d(x, w)) == 2 * 2 * 4 * 6 * 6 * 3 * 3 * 3
+
+
+def test_loader_cases_time_every_file_backend_over_a_written_jpeg_tree(tmp_path, monkeypatch):
+    """Each file backend reads the same JPEG tree (or says which package it lacks); ERM fed by each one is set
+    beside the same step on resident data."""
+    from fastmbr.bench import loading, report
+    from fastmbr.pipelines.loaders.dali import dali_available
+    from fastmbr.pipelines.loaders.ffcv import ffcv_available
+
+    monkeypatch.setattr(report, "tree_images", lambda setup, quick: 24)
+    monkeypatch.setattr(loading, "TIMED_EPOCHS", 1)
+    main(["bench", "--quick", "--device", "cpu", "--batch-size", "8", "--only", "loaders", "--only", "erm fed",
+          "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("*.json")
+    cases = {r["case"].split(" (")[0]: r for r in json.loads(path.read_text())["results"]}
+    available = {"torch": True, "dali": dali_available(), "ffcv": ffcv_available()}
+    for backend, here in available.items():
+        alone, fed = cases[f"loader {backend}"], cases[f"ERM fed by {backend}"]
+        if not here:
+            assert backend in alone["error"] and backend in fed["error"]
+            continue
+        assert "error" not in alone and "error" not in fed, (alone, fed)
+        assert alone["images/s"] > 0 and alone["images"] == 24 and "JPEG 71×54 → 32px" in alone["case"]
+        assert fed["fed images/s"] > 0 and fed["fed / resident"] == fed["fed images/s"] / fed["resident images/s"]
+    assert cases["loader tensor"]["images/s"] > 0
+
+
+def test_the_jpeg_tree_holds_decodable_photo_sized_files_in_class_folders(tmp_path):
+    from PIL import Image
+
+    from fastmbr.bench.loading import CLASSES, tree_shape, write_jpeg_tree
+
+    files = write_jpeg_tree(tmp_path, 12, 224, workers=2)
+    assert tree_shape(224) == (500, 375) and len(files) == 12
+    assert files.labels.tolist() == [i % CLASSES for i in range(12)]
+    for path, label in zip(files.paths, files.labels.tolist()):
+        with Image.open(path) as image:
+            assert image.format == "JPEG" and image.size == (500, 375) and path.parent.name == f"c{label}"
+            darkest, brightest = image.convert("L").getextrema()
+            assert brightest - darkest > 10  # textured, not flat
