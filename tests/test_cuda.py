@@ -136,3 +136,28 @@ def test_compiled_munit_expand_in_bf16_matches_eager_fp32():
         out = fast.expand(x.contiguous(memory_format=torch.channels_last), delta)
     assert out.shape == eager.shape == (3, 8, 3, 64, 64)
     assert (out.float() - eager).abs().mean() < 2e-2
+
+
+@pytest.mark.parametrize("backend,kind", [("tensor", "memory"), ("torch", "memory"), ("torch", "files"),
+                                          ("dali", "files"), ("ffcv", "memory"), ("ffcv", "files")])
+def test_every_loader_delivers_the_cpu_loaders_samples_onto_the_gpu(tmp_path, monkeypatch, backend, kind):
+    """The loader contract on a CUDA device (pinned copies, DALI's mixed decode, FFCV's ToDevice): the same
+    samples in the same order as the CPU loader, as float32 in [0, 1] and int64 labels on the GPU, channels-last
+    when asked. A backend whose package the machine lacks is reported as skipped, by name."""
+    from test_loaders import SIDE, make, sample_ids, write_flat_tree
+
+    from fastmbr.pipelines.loaders.dali import dali_available
+    from fastmbr.pipelines.loaders.ffcv import ffcv_available
+
+    if (backend == "dali" and not dali_available()) or (backend == "ffcv" and not ffcv_available()):
+        pytest.skip(f"{backend} is not installed on this GPU machine")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tree = write_flat_tree(tmp_path / "tree")
+    on_gpu = [b for b in make(tree, backend, kind, device="cuda", shuffle=True, seed=7, channels_last=True)]
+    on_cpu = [b for b in make(tree, backend, kind, device="cpu", shuffle=True, seed=7)]
+    assert [len(y) for _, y in on_gpu] == [len(y) for _, y in on_cpu]
+    for (x, y), (cx, cy) in zip(on_gpu, on_cpu):
+        assert x.device.type == y.device.type == "cuda" and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert x.shape[1:] == (3, SIDE, SIDE) and x.is_contiguous(memory_format=torch.channels_last)
+        assert 0.0 <= x.min().item() and x.max().item() <= 1.0
+        assert sample_ids(x.cpu()) == sample_ids(cx) and torch.equal(y.cpu(), cy)

@@ -42,10 +42,8 @@ CASES = [
 AUGMENTED_EXACT_RESUME = [c for c in CASES if c.values[0] != "ffcv"]
 
 
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
+def write_flat_tree(root: Path) -> Path:
     """``<root>/train/<class>/<i>.png``: flat 16×16 PNGs, sample ``index`` in class ``label``."""
-    root = tmp_path_factory.mktemp("tree")
     for label in range(CLASSES):
         folder = root / "train" / f"c{label}"
         folder.mkdir(parents=True)
@@ -54,6 +52,11 @@ def tree(tmp_path_factory) -> Path:
             pixel = np.array([8 * index, 50 * label, 255 - 8 * index], dtype=np.uint8)
             Image.fromarray(np.broadcast_to(pixel, (SIDE, SIDE, 3)).copy()).save(folder / f"{i:02d}.png")
     return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return write_flat_tree(tmp_path_factory.mktemp("tree"))
 
 
 @pytest.fixture(scope="module")
