@@ -49,6 +49,9 @@ def train(
     image_size: Optional[int] = typer.Option(None, help="resize images to this size"),
     augment: Optional[str] = typer.Option(None, help="none | crop | crop-flip | rrc-flip"),
     loader: str = typer.Option("auto", help="auto | tensor | torch | dali | ffcv"),
+    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="leave out image files that do not decode "
+                                                                     "(logged, listed in metrics.json) instead "
+                                                                     "of stopping"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     data_dir: Optional[str] = typer.Option(None, help="data root (default $FASTMBR_DATA)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
@@ -105,7 +108,7 @@ def train(
                        "data_dir": data_dir, "limit": limit, "classes": classes, "train_also": train_also}.items():
         if value is not None:
             setattr(cfg.data, key, value)
-    cfg.data.loader = loader
+    cfg.data.loader, cfg.data.skip_corrupt = loader, skip_corrupt
     cfg.arch = arch or cfg.arch
     cfg.device, cfg.seed, cfg.out = device, seed, out
     cfg.compile, cfg.amp, cfg.checkpoint_every, cfg.max_nonfinite = compile, amp, checkpoint_every, max_nonfinite

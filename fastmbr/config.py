@@ -23,6 +23,7 @@ class DataConfig:
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 2
+    skip_corrupt: bool = False  # image files that do not decode are left out and listed, not fatal
 
 
 @dataclass

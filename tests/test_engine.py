@@ -220,3 +220,33 @@ def test_compile_mode_reaches_torch_compile_for_classifier_and_g(tmp_path, monke
     compile_variation(MunitVariation(arch_preset("tiny"), 32), cfg.compile_mode)
     assert [name for name, _ in seen] == ["Sequential", "ContentEncoder", "Decoder"]  # (normalise, CNN), G
     assert all(mode == "reduce-overhead" for _, mode in seen)
+
+
+def write_folder_with_a_truncated_jpeg(root: Path) -> Path:
+    """``root/{train,val}/c{0,1}/*.jpg`` (random 20×20 JPEGs); one training file cut short. Returns that file."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("val", 6)):
+        for c in range(2):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    bad = root / "train" / "c1" / "3.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    return bad
+
+
+def test_an_undecodable_image_stops_the_run_unless_skip_corrupt_leaves_it_out_and_lists_it(tmp_path, capsys):
+    bad = write_folder_with_a_truncated_jpeg(tmp_path / "data")
+    common = ["train", "folder", "--data-dir", str(tmp_path / "data"), "--epochs", "2", "--image-size", "16",
+              "--batch-size", "8", "--device", "cpu", "--no-progress"]
+    code, err = run_cli([*common, "--out", str(tmp_path / "strict")], capsys)
+    assert code == 2 and len(err) == 1 and str(bad) in err[0], err
+    main([*common, "--skip-corrupt", "--out", str(tmp_path / "lenient")])
+    metrics = json.loads((tmp_path / "lenient" / "metrics.json").read_text())
+    assert metrics["unreadable_files"] == [str(bad)]
+    log = (tmp_path / "lenient" / "train.log").read_text()
+    assert log.count(f"left out 1 image file(s) that do not decode (--skip-corrupt): {bad}") == 1

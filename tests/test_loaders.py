@@ -246,6 +246,27 @@ def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(corrupt_tree, backend,
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
+    "backend,workers,sizes",
+    [("torch", 0, [2, 1, 2]), ("torch", 2, [2, 1, 2]), pytest.param("dali", 2, [2, 2, 1], marks=needs_dali),
+     pytest.param("ffcv", 2, [2, 2, 1], marks=needs_ffcv)],
+)
+def test_skip_corrupt_leaves_the_file_out_lists_it_and_keeps_the_rest_in_order(corrupt_tree, backend, workers,
+                                                                                 sizes):
+    """torch leaves the file out of its batch (one image short); DALI rebuilds its pipeline past the file, and
+    FFCV writes its .beton without it, so their later batches move up by one. Every epoch lists it once."""
+    root, bad = corrupt_tree
+    settings = LoaderConfig(batch_size=2, shuffle=False, image_size=16, backend=backend, num_workers=workers,
+                            skip_corrupt=True)
+    loader = build_loader(read_files(root, "val"), settings)
+    for number in (0, 1):
+        batches = epoch(loader, number)
+        grey = [round(v / 40) for x, _ in batches for v in (x[:, 0, 8, 8] * 255).tolist()]
+        assert [len(y) for _, y in batches] == sizes and grey == [0, 1, 2, 4, 5]
+        assert loader.skipped == [str(bad)]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
     "backend", ["torch", pytest.param("dali", marks=needs_dali), pytest.param("ffcv", marks=needs_ffcv)],
 )
 def test_a_listed_file_gone_from_disk_is_a_one_line_error_naming_it(tmp_path, backend):

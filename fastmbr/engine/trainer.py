@@ -296,8 +296,16 @@ class Trainer:
             batch_size=self.per_rank_batch() if train else d.eval_batch_size, shuffle=train, drop_last=False,
             augment=d.augment if train else "none", image_size=size, device=self.device, seed=self.cfg.seed,
             num_shards=shards[0], shard_id=shards[1], num_workers=d.num_workers,
-            channels_last=self.channels_last, backend=d.loader,
+            channels_last=self.channels_last, backend=d.loader, skip_corrupt=d.skip_corrupt,
         ))
+
+    def note_unreadable(self, loader) -> None:
+        """Log, once each, the image files a loader left out (``--skip-corrupt``): a counted skip, never silent."""
+        new = [path for path in getattr(loader, "skipped", []) if path not in self.unreadable]
+        if new:
+            self.unreadable += new
+            more = f" and {len(new) - 1} more" if len(new) > 1 else ""
+            self.log(f"left out {len(new)} image file(s) that do not decode (--skip-corrupt): {new[0]}{more}")
 
     def build_model(self) -> nn.Module:
         train = self.domains.train
@@ -356,6 +364,7 @@ class Trainer:
         self.position = (0, 0)
         self.nonfinite_total = 0
         self.skipped = SkippedSteps(self.device)
+        self.unreadable: list[str] = []
         self.skip_on_device = skips_nonfinite_on_device(self.optimizer)
         self.on_own_optimizer = False
         self.images_seen, self.train_seconds = 0, 0.0
@@ -387,7 +396,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "rng": [r["rng"] for r in per_rank], "meter": [r["meter"] for r in per_rank],
             "history": self.history, "best": self.best, "nonfinite_total": self.skipped_total(),
-            "images_seen": self.images_seen, "train_seconds": self.train_seconds,
+            "images_seen": self.images_seen, "train_seconds": self.train_seconds, "unreadable": self.unreadable,
             "algo": self.algo.state_dict(), "own_optimizer": self.on_own_optimizer,
             "num_classes": self.domains.num_classes, "delta_dim": self.G.delta_dim if self.G is not None else None,
         }
@@ -418,6 +427,7 @@ class Trainer:
         self.restore_rank_parts(state)
         self.history, self.best = state["history"], state["best"]
         self.nonfinite_total = state["nonfinite_total"]
+        self.unreadable = list(state.get("unreadable", []))
         self.skipped.counts[0] = float(self.nonfinite_total)
         self.images_seen, self.train_seconds = state["images_seen"], state["train_seconds"]
         self.position = (state["epoch"], state["batch"])
@@ -584,7 +594,9 @@ class Trainer:
 
     def evaluate(self, data) -> dict:
         """Top-1/top-5 over a whole split: each rank scores its strided share, the counts are summed."""
-        r = accuracy(self.model, self.loader(data, train=False), self.device, self.autocast)
+        loader = self.loader(data, train=False)
+        r = accuracy(self.model, loader, self.device, self.autocast)
+        self.note_unreadable(loader)
         counts = [round(r["top1"] * r["n"] / 100), round(r["top5"] * r["n"] / 100), r["n"]] if r["n"] else [0, 0, 0]
         top1, top5, n = all_reduce_sum(torch.tensor(counts, dtype=torch.float64, device=self.device),
                                        self.dist).tolist()
@@ -594,6 +606,7 @@ class Trainer:
 
     def end_epoch(self, epoch: int) -> dict:
         train = self.meter.read(self.dist)
+        self.note_unreadable(self.train_loader)
         broadcast_buffers(self.model, self.dist)
         val = self.evaluate(self.domains.val)
         record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": train["acc"], "val": val,
@@ -640,6 +653,7 @@ class Trainer:
                           f"best top-1 on A's validation split (epoch {self.best['epoch']})"),
             "epochs": self.history, "images_per_s": self.images_seen / max(self.train_seconds, 1e-9),
             "train_seconds": self.train_seconds, "nonfinite_skipped": self.skipped_total(),
+            "unreadable_files": sorted({p for paths in gather_objects(self.unreadable, self.dist) for p in paths}),
             "device": str(self.device), "world_size": self.dist.world_size,
             "global_batch": self.cfg.data.batch_size, "options": asdict(self.options),
             "counts": self.domains.counts(), "commit": git_sha() if self.dist.is_main else None,

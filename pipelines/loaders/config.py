@@ -13,7 +13,11 @@ AUGMENTS = ("none", "crop", "crop-flip", "rrc-flip")
 class LoaderConfig:
     """Loader settings. Every backend yields ``(x, y)``: x float32 ``[B, C, H, W]`` in [0, 1] on ``device``
     (channels-last memory when asked), y int64 ``[B]`` on ``device``. The order of an epoch is a function of
-    ``(seed, epoch)`` alone, so ``set_epoch(epoch, start_batch)`` resumes exactly where a run stopped."""
+    ``(seed, epoch)`` alone, so ``set_epoch(epoch, start_batch)`` resumes exactly where a run stopped.
+
+    An image file that does not decode stops the epoch with a one-line error naming it, unless ``skip_corrupt``:
+    then the file-backed loaders (torch, dali, ffcv) leave it out, so a batch holding it comes one image short,
+    and append its path to ``loader.skipped`` (once per file) for the trainer to report."""
 
     batch_size: int = 64
     shuffle: bool = True
@@ -27,3 +31,4 @@ class LoaderConfig:
     num_workers: int = 2
     channels_last: bool = False
     backend: str = "auto"  # auto | dali | ffcv | tensor | torch
+    skip_corrupt: bool = False  # image files that do not decode are left out and listed in ``loader.skipped``

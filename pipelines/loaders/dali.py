@@ -4,7 +4,9 @@ The sample order is not DALI's: each epoch we hand ``fn.readers.file`` this shar
 every backend uses (``epoch_order`` then ``shard_order``), so switching backends or the number of ranks keeps the
 order a function of ``(seed, epoch)``. DALI's random ops draw from the pipeline's seeded stream, so an
 augmenting epoch resumed at batch ``s`` runs batches ``0..s-1`` through the pipeline and drops them (exact, but
-costs their decode); without augmentation the epoch simply starts at file ``s·batch_size``.
+costs their decode); without augmentation the epoch simply starts at file ``s·batch_size``. A file DALI cannot
+decode fails the whole pipeline without naming it: Pillow finds it among the batches in flight; under
+``skip_corrupt`` it is dropped and a pipeline rebuilt over the rest of the epoch.
 """
 
 from __future__ import annotations
@@ -80,16 +82,17 @@ def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return out
 
 
-def find_culprit(paths: list[str]) -> str:
-    """The first of ``paths`` Pillow cannot decode (DALI's decoder errors do not name the file)."""
+def find_culprit(paths: list[str]) -> tuple[int | None, str]:
+    """The position in ``paths`` of the first file Pillow cannot decode, and the error naming it (DALI's decoder
+    errors do not name the file); position None when every one decodes."""
     from fastmbr.pipelines.readers.imagefolder import decode_rgb
 
-    for path in paths:
+    for position, path in enumerate(paths):
         try:
             decode_rgb(path)
         except FastmbrError as exc:
-            return str(exc)
-    return f"DALI could not decode one of {paths[0]} … {paths[-1]}"
+            return position, str(exc)
+    return None, f"DALI could not decode one of {paths[0]} … {paths[-1]}"
 
 
 class DaliLoader:
@@ -103,6 +106,7 @@ class DaliLoader:
         self.device = torch.device(cfg.device)
         self.paths = [str(p) for p in data.paths]
         self.epoch, self.start_batch = 0, 0
+        self.skipped: list[str] = []
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -124,20 +128,42 @@ class DaliLoader:
         skip = self.start_batch if self.cfg.augment == "rrc-flip" else 0
         order = order[(self.start_batch - skip) * bs :]
         self.start_batch = 0
-        if not order:
-            return
         files = [self.paths[i] for i in order]
-        pipe = build_pipeline(files, self.data.labels[order].tolist(), self.cfg, self._seed())
-        for i in range(-(-len(files) // bs)):
+        labels = self.data.labels[order].tolist()
+        done, rebuilds = 0, 0  # files delivered (or dropped) so far; pipelines rebuilt after a corrupt file
+        while done < len(files):
+            pipe = build_pipeline(files[done:], labels[done:], self.cfg, (self._seed() + rebuilds) % (2**31 - 1))
+            try:
+                for x, y, count in self._batches(pipe, len(files) - done):
+                    batch = done // bs
+                    done += count
+                    if batch >= skip:
+                        yield x, y
+            except _Undecodable:
+                position, message = find_culprit(files[done : done + (PREFETCH + 1) * bs])
+                if position is None or not self.cfg.skip_corrupt:
+                    raise FastmbrError(message) from None
+                culprit = files.pop(done + position)
+                labels.pop(done + position)
+                if culprit not in self.skipped:
+                    self.skipped.append(culprit)
+                rebuilds += 1
+
+    def _batches(self, pipe, remaining: int):
+        """``(x, y, images)`` per batch of ``pipe``; a decoding failure surfaces as ``_Undecodable``."""
+        bs = self.cfg.batch_size
+        for i in range(-(-remaining // bs)):
             try:
                 images, labels = pipe.run()
             except RuntimeError:
-                raise FastmbrError(find_culprit(files[i * bs : (i + PREFETCH + 1) * bs])) from None
-            if i < skip:
-                continue
-            count = min(bs, len(files) - i * bs)
+                raise _Undecodable from None
+            count = min(bs, remaining - i * bs)
             x = to_torch(images, self.device)[:count]
             y = torch.from_numpy(np.array(labels.as_tensor())).view(-1)[:count].to(torch.int64)
             if self.cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device)
+            yield x, y.to(self.device), count
+
+
+class _Undecodable(Exception):
+    """DALI's pipeline failed on a file of the batches it was running."""

@@ -8,11 +8,14 @@ augmented pixels after a resume are fresh draws.
 
 Bad input is a one-line error, never a hang: image files are checked to exist and decode before a ``.beton`` is
 written from them (FFCV's writer waits forever for a worker that died on a bad file), and a cached ``.beton``
-must hold as many samples as the data (FFCV would read past the end of a shorter one).
+must hold as many samples as the data (FFCV would read past the end of a shorter one). Under ``skip_corrupt``
+the files that do not decode are found once (the list is kept beside the cached ``.beton``s) and left out of
+the ``.beton``, so FFCV's epochs run over the files that decode, in the order ``(seed, epoch)`` gives them.
 """
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 
 from fastmbr.errors import FastmbrError
+from fastmbr.fileio import atomic_write
 from fastmbr.pipelines.loaders.config import LoaderConfig
 from fastmbr.pipelines.loaders.tensor import epoch_order, shard_order
 from fastmbr.pipelines.prepare import beton_for, beton_path, import_ffcv
@@ -68,6 +72,41 @@ def check_files_decode(data: ImageFiles, workers: int) -> None:
             pass
 
 
+def undecodable(data: ImageFiles, workers: int) -> list[str]:
+    """The listed files that do not decode, in list order."""
+    from fastmbr.pipelines.readers.imagefolder import decode_rgb
+
+    def fails(path) -> bool:
+        try:
+            decode_rgb(path)
+        except FastmbrError:
+            return True
+        return False
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [str(p) for p, bad in zip(data.paths, pool.map(fails, data.paths)) if bad]
+
+
+def skipped_files(data: ImageFiles, workers: int) -> list[str]:
+    """The files of ``data`` that do not decode, found once and remembered beside the cached ``.beton``s."""
+    record = beton_path(data).with_suffix(".skipped.json")
+    if record.is_file():
+        return json.loads(record.read_text())
+    skipped = undecodable(data, workers)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(record, lambda f: f.write(json.dumps(skipped).encode()))
+    return skipped
+
+
+def decodable_part(data: ImageFiles, workers: int) -> tuple[ImageFiles, list[str]]:
+    """``data`` without its files that do not decode, and those files' paths."""
+    skipped = set(skipped_files(data, workers))
+    if not skipped:
+        return data, []
+    keep = torch.tensor([i for i, p in enumerate(data.paths) if str(p) not in skipped], dtype=torch.int64)
+    return data.subset(keep), [str(p) for p in data.paths if str(p) in skipped]
+
+
 def check_beton_matches(path: Path, data: LabeledImages | ImageFiles) -> None:
     """A ``.beton`` with other samples than ``data`` would be read past its end without a word from FFCV."""
     from ffcv.reader import Reader
@@ -107,6 +146,10 @@ class FfcvLoader:
         if cfg.augment not in allowed:
             kind = "in-memory data" if self.in_memory else "image files"
             raise FastmbrError(f"loader 'ffcv' supports augment {'/'.join(allowed)} for {kind}, not {cfg.augment!r}")
+        self.skipped: list[str] = []
+        if cfg.skip_corrupt and not self.in_memory:
+            check_files_exist(data)
+            data, self.skipped = decodable_part(data, workers=max(1, cfg.num_workers))
         self.cfg, self.n = cfg, len(data)
         self.device = torch.device(cfg.device)
         self.path = checked_beton(data, workers=max(1, cfg.num_workers))

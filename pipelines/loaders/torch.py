@@ -111,14 +111,29 @@ class Samples(Dataset):
         return random_resized_crop(image, size, generator) if augment == "rrc-flip" else resize_center_crop(image, size)
 
     def __getitem__(self, key: tuple[int, int, int]):
+        """``(image, label, None)``, or ``(None, None, path)`` for a file that does not decode under skip_corrupt."""
         index, position, epoch = key
         generator = sample_generator(self.cfg.seed, epoch, position)
-        image = self._image(index, generator)
+        try:
+            image = self._image(index, generator)
+        except FastmbrError:
+            if not (self.cfg.skip_corrupt and self.from_files):
+                raise
+            return None, None, str(self.data.paths[index])
         if self.cfg.augment in ("crop", "crop-flip"):
             image = pad_crop(image, generator)
         if self.cfg.augment in ("crop-flip", "rrc-flip"):
             image = maybe_flip(image, generator)
-        return image.contiguous(), self.data.labels[index]
+        return image.contiguous(), self.data.labels[index], None
+
+
+def collate_decoded(samples: list[tuple]) -> tuple[torch.Tensor | None, torch.Tensor | None, list[str]]:
+    """Stack the samples that decoded; list the paths of those that did not."""
+    kept = [(image, label) for image, label, _ in samples if image is not None]
+    skipped = [path for _, _, path in samples if path is not None]
+    if not kept:
+        return None, None, skipped
+    return torch.stack([image for image, _ in kept]), torch.stack([label for _, label in kept]), skipped
 
 
 class EpochBatches(Sampler):
@@ -156,8 +171,9 @@ class TorchLoader:
         self.batches = EpochBatches(self)
         self.loader = DataLoader(
             self.samples, batch_sampler=self.batches, num_workers=cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.device.type == "cuda", collate_fn=collate_decoded,
         )
+        self.skipped: list[str] = []
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
@@ -168,7 +184,10 @@ class TorchLoader:
 
     def __iter__(self):
         try:
-            for images, labels in self.loader:
+            for images, labels, skipped in self.loader:
+                self.skipped += [path for path in skipped if path not in self.skipped]
+                if images is None:
+                    continue
                 x = images.to(self.device, non_blocking=True).float().div_(255.0)
                 if self.cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
