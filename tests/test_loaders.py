@@ -181,6 +181,37 @@ def test_torch_loader_rrc_changes_pixels_but_keeps_shape(tmp_path):
     assert not torch.allclose(x, images.float() / 255)
 
 
+@pytest.fixture(scope="module")
+def gradient_tree(tmp_path_factory) -> Path:
+    """80 copies of one 96×72 PNG whose red channel is its column and green its row, scaled to 0..255."""
+    root = tmp_path_factory.mktemp("gradient")
+    image = np.zeros((72, 96, 3), dtype=np.uint8)
+    image[..., 0] = np.round(np.arange(96) * 255 / 95)[None, :]
+    image[..., 1] = np.round(np.arange(72) * 255 / 71)[:, None]
+    for label in range(2):
+        folder = root / "train" / f"c{label}"
+        folder.mkdir(parents=True)
+        for i in range(40):
+            Image.fromarray(image).save(folder / f"{i:02d}.png")
+    return root
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali),
+                                     pytest.param("ffcv", marks=needs_ffcv)])
+def test_file_loaders_draw_random_resized_crops_of_the_same_distribution(gradient_tree, backend):
+    """Each output's red span along its middle row is the crop's share of the width, green's of the height: every
+    backend must draw areas in [0.08, 1] of the image, aspects in [3/4, 4/3] and flip half of the crops."""
+    loader = make(gradient_tree, backend, "files", batch_size=80, image_size=24, augment="rrc-flip")
+    x = next(iter(loader))[0] * 255
+    red, green = x[:, 0, 12, :], x[:, 1, :, 12]
+    width = (red.max(1).values - red.min(1).values) / 255
+    height = (green.max(1).values - green.min(1).values) / 255
+    area, aspect = width * height, (width * 96) / (height * 72)
+    assert 0.05 < area.min() < 0.2 and 0.6 < area.max() <= 1.0 and 0.25 < area.mean() < 0.7, area
+    assert 0.65 < aspect.min() < 0.9 and 1.1 < aspect.max() < 1.5, aspect
+    assert 0.25 < (red[:, -1] > red[:, 0]).float().mean() < 0.75  # unflipped share
+
+
 def test_torch_workers_give_the_same_batches_as_the_main_process(tree):
     inline = epoch(make(tree, "torch", "files", shuffle=True, augment="rrc-flip", num_workers=0), 1)
     workers = epoch(make(tree, "torch", "files", shuffle=True, augment="rrc-flip", num_workers=2), 1)
