@@ -41,15 +41,17 @@ def versions() -> dict:
 
 
 def suite(setup: BenchSetup, quick: bool) -> list[tuple[str, callable]]:
+    """The cases in the order they run: the kernels first (seconds, nothing to compile), so that a run cut short
+    by a lent GPU's time limit still has them."""
     ks = (3, 10) if quick else (1, 3, 10, 20)
-    cases = [(f"expand k={k}", lambda k=k: bench_expand(setup, k)) for k in ks]
+    cases = [("kernels", lambda: kernel_cases(setup, quick))]
+    cases += [(f"expand k={k}", lambda k=k: bench_expand(setup, k)) for k in ks]
     cases.append(("decode chunk", lambda: tune_decode_chunk(setup, 10)))
     cases.append(("classifier step", lambda: bench_classifier_step(setup)))
     algos = [("mda", 3), ("mrt", 10)] if quick else [("mda", 3), ("mda", 10), ("mrt", 10), ("mrt", 20)]
     cases += [(f"{a}-{k}", lambda a=a, k=k: bench_full_step(setup, a, k)) for a, k in algos]
     cases.append(("loaders", lambda: loader_cases(setup, quick)))
     cases.append(("erm fed", lambda: erm_fed_cases(setup, quick)))
-    cases.append(("kernels", lambda: kernel_cases(setup, quick)))
     return cases
 
 
