@@ -24,7 +24,7 @@ from PIL import Image
 from fastmbr.bench.stages import sync
 from fastmbr.pipelines.types import ImageFiles
 
-FILE_BACKENDS = ("torch", "dali", "ffcv")
+FILE_BACKENDS = ("torch", "nvjpeg", "dali", "ffcv")
 TIMED_EPOCHS = 2
 CLASSES = 10
 

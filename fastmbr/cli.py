@@ -48,7 +48,7 @@ def train(
     optimizer: Optional[str] = typer.Option(None, help="adadelta | sgd | adam"),
     image_size: Optional[int] = typer.Option(None, help="resize images to this size"),
     augment: Optional[str] = typer.Option(None, help="none | crop | crop-flip | rrc-flip"),
-    loader: str = typer.Option("auto", help="auto | tensor | torch | dali | ffcv"),
+    loader: str = typer.Option("auto", help="auto | tensor | torch | dali | ffcv | nvjpeg"),
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="leave out image files that do not decode "
                                                                      "(logged, listed in metrics.json) instead "
                                                                      "of stopping"),

@@ -71,7 +71,7 @@ def test_loader_cases_time_every_file_backend_over_a_written_jpeg_tree(tmp_path,
           "--out", str(tmp_path)])
     (path,) = tmp_path.glob("*.json")
     cases = {r["case"].split(" (")[0]: r for r in json.loads(path.read_text())["results"]}
-    available = {"torch": True, "dali": dali_available(), "ffcv": ffcv_available()}
+    available = {"torch": True, "nvjpeg": True, "dali": dali_available(), "ffcv": ffcv_available()}
     for backend, here in available.items():
         alone, fed = cases[f"loader {backend}"], cases[f"ERM fed by {backend}"]
         if not here:

@@ -139,9 +139,10 @@ def test_compiled_munit_expand_in_bf16_matches_eager_fp32():
 
 
 @pytest.mark.parametrize("backend,kind", [("tensor", "memory"), ("torch", "memory"), ("torch", "files"),
-                                          ("dali", "files"), ("ffcv", "memory"), ("ffcv", "files")])
+                                          ("dali", "files"), ("ffcv", "memory"), ("ffcv", "files"),
+                                          ("nvjpeg", "files")])
 def test_every_loader_delivers_the_cpu_loaders_samples_onto_the_gpu(tmp_path, monkeypatch, backend, kind):
-    """The loader contract on a CUDA device (pinned copies, DALI's mixed decode, FFCV's ToDevice): the same
+    """The loader contract on a CUDA device (pinned copies, DALI's mixed decode, FFCV's ToDevice, nvJPEG): the same
     samples in the same order as the CPU loader, as float32 in [0, 1] and int64 labels on the GPU, channels-last
     when asked. A backend whose package the machine lacks is reported as skipped, by name."""
     from test_loaders import SIDE, make, sample_ids, write_flat_tree
@@ -161,3 +162,21 @@ def test_every_loader_delivers_the_cpu_loaders_samples_onto_the_gpu(tmp_path, mo
         assert x.shape[1:] == (3, SIDE, SIDE) and x.is_contiguous(memory_format=torch.channels_last)
         assert 0.0 <= x.min().item() and x.max().item() <= 1.0
         assert sample_ids(x.cpu()) == sample_ids(cx) and torch.equal(y.cpu(), cy)
+
+
+def test_nvjpeg_decodes_a_jpeg_batch_on_the_gpu_like_libjpeg_turbo_on_the_cpu(tmp_path, monkeypatch):
+    """torchvision's nvJPEG path, batched, with no file left to Pillow: the torch loader's windows, pixels within
+    decoder rounding of the CPU decode."""
+    from test_loaders import epoch
+
+    from fastmbr.bench.loading import write_jpeg_tree
+    from fastmbr.pipelines.loaders import LoaderConfig, build_loader, nvjpeg
+
+    files = write_jpeg_tree(tmp_path, 24, 64, workers=2)
+    monkeypatch.setattr(nvjpeg, "pillow_or_none", lambda path, device: pytest.fail(f"Pillow decoded {path}"))
+    settings = dict(backend="nvjpeg", batch_size=8, shuffle=True, seed=1, augment="rrc-flip", image_size=48)
+    on_gpu = epoch(build_loader(files, LoaderConfig(device="cuda", **settings)), 2)
+    on_cpu = epoch(build_loader(files, LoaderConfig(device="cpu", **settings)), 2)
+    for (x, y), (cx, cy) in zip(on_gpu, on_cpu):
+        assert x.device.type == "cuda" and torch.equal(y.cpu(), cy)
+        assert (x.cpu() - cx).abs().mean() < 0.02

@@ -37,6 +37,7 @@ CASES = [
     pytest.param("dali", "files", id="dali-files", marks=needs_dali),
     pytest.param("ffcv", "memory", id="ffcv-memory", marks=needs_ffcv),
     pytest.param("ffcv", "files", id="ffcv-files", marks=needs_ffcv),
+    pytest.param("nvjpeg", "files", id="nvjpeg-files"),
 ]
 # FFCV's random crop/flip draw from its own state: its augmented pixels after a resume are fresh draws.
 AUGMENTED_EXACT_RESUME = [c for c in CASES if c.values[0] != "ffcv"]
@@ -102,7 +103,7 @@ def epoch(loader, number: int = 0, start_batch: int = 0) -> list[tuple[torch.Ten
 
 
 def test_backends_are_registered():
-    assert set(BACKENDS) == {"auto", "tensor", "torch", "dali", "ffcv"}
+    assert set(BACKENDS) == {"auto", "tensor", "torch", "dali", "ffcv", "nvjpeg"}
 
 
 @pytest.mark.parametrize("backend,kind", CASES)
@@ -197,7 +198,7 @@ def gradient_tree(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("dali", marks=needs_dali),
-                                     pytest.param("ffcv", marks=needs_ffcv)])
+                                     pytest.param("ffcv", marks=needs_ffcv), "nvjpeg"])
 def test_file_loaders_draw_random_resized_crops_of_the_same_distribution(gradient_tree, backend):
     """Each output's red span along its middle row is the crop's share of the width, green's of the height: every
     backend must draw areas in [0.08, 1] of the image, aspects in [3/4, 4/3] and flip half of the crops."""
@@ -264,7 +265,8 @@ def corrupt_tree(tmp_path) -> tuple[Path, Path]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "backend,workers",
-    [("torch", 0), ("torch", 2), pytest.param("dali", 2, marks=needs_dali), pytest.param("ffcv", 2, marks=needs_ffcv)],
+    [("torch", 0), ("torch", 2), pytest.param("dali", 2, marks=needs_dali), pytest.param("ffcv", 2, marks=needs_ffcv),
+     ("nvjpeg", 0), ("nvjpeg", 2)],
 )
 def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(corrupt_tree, backend, workers):
     root, bad = corrupt_tree
@@ -279,11 +281,11 @@ def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(corrupt_tree, backend,
 @pytest.mark.parametrize(
     "backend,workers,sizes",
     [("torch", 0, [2, 1, 2]), ("torch", 2, [2, 1, 2]), pytest.param("dali", 2, [2, 2, 1], marks=needs_dali),
-     pytest.param("ffcv", 2, [2, 2, 1], marks=needs_ffcv)],
+     pytest.param("ffcv", 2, [2, 2, 1], marks=needs_ffcv), ("nvjpeg", 0, [2, 1, 2]), ("nvjpeg", 2, [2, 1, 2])],
 )
 def test_skip_corrupt_leaves_the_file_out_lists_it_and_keeps_the_rest_in_order(corrupt_tree, backend, workers,
                                                                                  sizes):
-    """torch leaves the file out of its batch (one image short); DALI rebuilds its pipeline past the file, and
+    """torch and nvjpeg leave the file out of its batch (one image short); DALI rebuilds its pipeline past it, and
     FFCV writes its .beton without it, so their later batches move up by one. Every epoch lists it once."""
     root, bad = corrupt_tree
     settings = LoaderConfig(batch_size=2, shuffle=False, image_size=16, backend=backend, num_workers=workers,
@@ -298,7 +300,7 @@ def test_skip_corrupt_leaves_the_file_out_lists_it_and_keeps_the_rest_in_order(c
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
-    "backend", ["torch", pytest.param("dali", marks=needs_dali), pytest.param("ffcv", marks=needs_ffcv)],
+    "backend", ["torch", pytest.param("dali", marks=needs_dali), pytest.param("ffcv", marks=needs_ffcv), "nvjpeg"],
 )
 def test_a_listed_file_gone_from_disk_is_a_one_line_error_naming_it(tmp_path, backend):
     write_jpegs(tmp_path)
@@ -334,6 +336,25 @@ def test_ffcv_stores_image_files_as_jpeg_and_decodes_them_close_to_the_torch_loa
                                                            image_size=32))]) for backend in ("ffcv", "torch"))
     assert ffcv_x.shape == torch_x.shape == (4, 3, 32, 32)  # the same centre crop, decoded two ways
     assert 0 < (ffcv_x - torch_x).abs().mean() < 0.03
+
+
+@pytest.mark.parametrize("augment", ["rrc-flip", "none"])
+def test_nvjpeg_decodes_jpegs_in_one_batched_call_and_cuts_the_torch_loaders_windows(tmp_path, monkeypatch,
+                                                                                     augment):
+    """Same samples, same crop windows and flips as the torch loader (shared per-sample generators); the pixels
+    differ only by the decoder. No JPEG goes through the Pillow fallback."""
+    from fastmbr.bench.loading import write_jpeg_tree
+    from fastmbr.pipelines.loaders import nvjpeg
+
+    files = write_jpeg_tree(tmp_path, 12, 32, workers=2)
+    monkeypatch.setattr(nvjpeg, "pillow_or_none", lambda path, device: pytest.fail(f"Pillow decoded {path}"))
+    settings = dict(batch_size=5, shuffle=True, seed=3, augment=augment, image_size=24, num_workers=0)
+    loaders = {b: build_loader(files, LoaderConfig(backend=b, **settings)) for b in ("nvjpeg", "torch")}
+    ours, theirs = (epoch(loaders[b], 1) for b in ("nvjpeg", "torch"))
+    assert [len(y) for _, y in ours] == [len(y) for _, y in theirs] == [5, 5, 2]
+    for (x, y), (tx, ty) in zip(ours, theirs):
+        assert torch.equal(y, ty) and x.shape == tx.shape == (len(y), 3, 24, 24)
+        assert (x - tx).abs().mean() < 0.01  # 0 here (both libjpeg-turbo); another seed's windows: 0.24-0.26
 
 
 @needs_ffcv

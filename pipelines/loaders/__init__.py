@@ -3,7 +3,8 @@
 Every backend keeps the LoaderConfig contract (float32 ``[B, C, H, W]`` in [0, 1] on ``cfg.device``, int64
 labels, an order that is a function of ``(seed, epoch)``, sharding by ``num_shards``/``shard_id``, exact resume
 via ``set_epoch(epoch, start_batch)``). ``auto`` picks tensor for in-memory data, DALI for image files on
-CUDA when it imports, and torch otherwise.
+CUDA when it imports, and torch otherwise; ``nvjpeg`` (torchvision's batched GPU decode, for machines without
+DALI) is asked for by name until a GPU run has measured it.
 
 The backend module ``torch.py`` becomes this package's attribute ``torch`` once imported, so this file never
 binds the name ``torch`` itself.
@@ -18,7 +19,7 @@ from fastmbr.errors import FastmbrError
 from fastmbr.pipelines.loaders.config import AUGMENTS, LoaderConfig
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
-BACKENDS = ("auto", "tensor", "torch", "dali", "ffcv")
+BACKENDS = ("auto", "tensor", "torch", "dali", "ffcv", "nvjpeg")
 
 
 def check_device(device) -> torch_device:
@@ -77,6 +78,10 @@ def build_loader(data: LabeledImages | ImageFiles, cfg: LoaderConfig):
         from fastmbr.pipelines.loaders.dali import DaliLoader
 
         return DaliLoader(data, cfg)
+    if backend == "nvjpeg":
+        from fastmbr.pipelines.loaders.nvjpeg import NvjpegLoader
+
+        return NvjpegLoader(data, cfg)
     from fastmbr.pipelines.loaders.ffcv import FfcvLoader
 
     return FfcvLoader(data, cfg)

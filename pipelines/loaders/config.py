@@ -16,7 +16,7 @@ class LoaderConfig:
     ``(seed, epoch)`` alone, so ``set_epoch(epoch, start_batch)`` resumes exactly where a run stopped.
 
     An image file that does not decode stops the epoch with a one-line error naming it, unless ``skip_corrupt``:
-    then the file-backed loaders (torch, dali, ffcv) leave it out, so a batch holding it comes one image short,
+    then the file-backed loaders (torch, dali, ffcv, nvjpeg) leave it out, so a batch holding it comes one image short,
     and append its path to ``loader.skipped`` (once per file) for the trainer to report."""
 
     batch_size: int = 64
@@ -30,5 +30,5 @@ class LoaderConfig:
     shard_id: int = 0
     num_workers: int = 2
     channels_last: bool = False
-    backend: str = "auto"  # auto | dali | ffcv | tensor | torch
+    backend: str = "auto"  # auto | dali | ffcv | nvjpeg | tensor | torch
     skip_corrupt: bool = False  # image files that do not decode are left out and listed in ``loader.skipped``
