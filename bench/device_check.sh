@@ -9,8 +9,8 @@
 # fastmbr is installed into the machine's own Python without its dependencies (torch, triton, typer, rich,
 # safetensors, pyyaml must be there already). The lent H200 image has neither nvidia-dali (476 MB installed, far
 # over the 64 MiB a call may carry) nor ffcv (built here against Debian's libturbojpeg/libopencv): their bench
-# cases then record "not installed" and the torch loader's figures stand alone; the ERM-with-DALI target needs
-# a GPU machine with nvidia-dali-cuda130 installed. Each stage has its own time limit, in the order of what
+# cases then record "not installed", and the GPU decode measured there is torchvision's nvJPEG (`--loader
+# nvjpeg`); the ERM-with-DALI target needs a GPU machine with nvidia-dali-cuda130 installed. Each stage has its own time limit, in the order of what
 # matters most, so that one slow stage cannot eat the rest of a 10-minute call; the exit status is pytest's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
