@@ -80,15 +80,17 @@ def _phase_grid(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 def _top_correction(x: torch.Tensor, weight: torch.Tensor, other_axis_mode: str) -> torch.Tensor:
     """Convolution of (reflect − replicate) row padding of the upsampled x: the missing part of the top p-1 rows.
 
-    The columns are padded with ``other_axis_mode`` first, so that the row and column corrections split
-    P − Q = (P_r − Q_r)·P_c + Q_r·(P_c − Q_c) exactly, corners included.
+    Padding row r (r = -p..-2; rows -1 and 0 agree) of the upsampled image is low-resolution row (-r)//2 under
+    reflection and row 0 under replication, so the difference is built from those rows alone, upsampled along
+    the width only. The columns are padded with ``other_axis_mode``, so that the row and column corrections
+    split P − Q = (P_r − Q_r)·P_c + Q_r·(P_c − Q_c) exactly, corners included.
     """
     p = weight.shape[-1] // 2
-    up = F.interpolate(x[:, :, : p // 2 + 1], scale_factor=2, mode="nearest")
-    up = F.pad(up, (p, p, 0, 0), mode=other_axis_mode)
-    diff = F.pad(up, (0, 0, p, 0), mode="reflect") - F.pad(up, (0, 0, p, 0), mode="replicate")
-    # only rows -p..-2 of the padding differ, and output row r meets them through kernel rows 0..p-2-r
-    strip = F.pad(diff[:, :, : p - 1], (0, 0, 0, p - 2))
+    rows = [(p - t) // 2 for t in range(p - 1)]  # low-resolution row of padding rows -p..-2, top to bottom
+    diff = x[:, :, rows] - x[:, :, :1]
+    diff = F.pad(diff.repeat_interleave(2, dim=-1), (p, p, 0, 0), mode=other_axis_mode)
+    # output row r meets the differing rows through kernel rows 0..p-2-r
+    strip = F.pad(diff, (0, 0, 0, p - 2))
     return F.conv2d(strip, weight[:, :, : p - 1])
 
 
@@ -98,10 +100,11 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     p = weight.shape[-1] // 2
     if p < 2:
         return out
-    e = p - 1
+    e, rows = p - 1, p // 2 + 1  # corrected output rows per side; input rows each correction reads
     xt, wt = x.transpose(2, 3), weight.transpose(2, 3)
-    out[:, :, :e] += _top_correction(x, weight, "reflect")
-    out[:, :, -e:] += _top_correction(x.flip(2), weight.flip(2), "reflect").flip(2)
-    out[:, :, :, :e] += _top_correction(xt, wt, "replicate").transpose(2, 3)
-    out[:, :, :, -e:] += _top_correction(xt.flip(2), wt.flip(2), "replicate").flip(2).transpose(2, 3)
+    # each side's strip is sliced before it is flipped: a flip copies, and only ``rows`` rows are read
+    out[:, :, :e] += _top_correction(x[:, :, :rows], weight, "reflect")
+    out[:, :, -e:] += _top_correction(x[:, :, -rows:].flip(2), weight.flip(2), "reflect").flip(2)
+    out[:, :, :, :e] += _top_correction(xt[:, :, :rows], wt, "replicate").transpose(2, 3)
+    out[:, :, :, -e:] += _top_correction(xt[:, :, -rows:].flip(2), wt.flip(2), "replicate").flip(2).transpose(2, 3)
     return out
