@@ -338,6 +338,26 @@ def test_ffcv_stores_image_files_as_jpeg_and_decodes_them_close_to_the_torch_loa
     assert 0 < (ffcv_x - torch_x).abs().mean() < 0.03
 
 
+@needs_dali
+@pytest.mark.parametrize("operator", ["image", "image_random_crop"])
+def test_the_gpu_only_nvjpeg_buffer_sizes_are_arguments_dali_accepts(tmp_path, operator):
+    """They are passed on CUDA alone; DALI rejects an unknown argument when the pipeline is built, so build one."""
+    from nvidia.dali import fn, types
+    from nvidia.dali.pipeline import Pipeline
+
+    from fastmbr.pipelines.loaders.dali import NVJPEG_PADDING
+
+    folder = write_jpegs(tmp_path)
+    pipe = Pipeline(batch_size=2, num_threads=1, seed=0, device_id=None)
+    with pipe:
+        encoded, _ = fn.readers.file(files=[str(p) for p in sorted(folder.iterdir())], labels=list(range(6)))
+        pipe.set_outputs(getattr(fn.decoders, operator)(encoded, device="cpu", output_type=types.RGB,
+                                                        **NVJPEG_PADDING))
+    pipe.build()
+    (images,) = pipe.run()
+    assert len(images) == 2
+
+
 @pytest.mark.parametrize("augment", ["rrc-flip", "none"])
 def test_nvjpeg_decodes_jpegs_in_one_batched_call_and_cuts_the_torch_loaders_windows(tmp_path, monkeypatch,
                                                                                      augment):
