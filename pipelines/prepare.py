@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -78,9 +79,30 @@ class _Files:
         return decode_rgb(self.paths[i]), int(self.labels[i])
 
 
+def check_files_exist(data: ImageFiles) -> None:
+    missing = next((p for p in data.paths if not Path(p).is_file()), None)
+    if missing is not None:
+        raise FastmbrError(f"{missing}: listed in the dataset but not on disk (files changed since it was read?)")
+
+
+def check_files_decode(data: ImageFiles, workers: int) -> None:
+    """Every listed file decodes, else a one-line error naming it.
+
+    FFCV's writer waits forever for a worker process that died on an unreadable file, so a ``.beton`` is only
+    written from files known to decode: one extra decode per file, paid when the ``.beton`` is written."""
+    from fastmbr.pipelines.readers.imagefolder import decode_rgb
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without holding the GIL
+        for _ in pool.map(decode_rgb, data.paths):
+            pass
+
+
 def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int = 2) -> Path:
-    """Write ``data`` to an FFCV ``.beton`` at ``path`` (atomically)."""
+    """Write ``data`` to an FFCV ``.beton`` at ``path`` (atomically); image files are checked first."""
     ffcv = import_ffcv()
+    if isinstance(data, ImageFiles):
+        check_files_exist(data)
+        check_files_decode(data, max(1, num_workers))
     if isinstance(data, LabeledImages):
         image_field = ffcv.fields.NDArrayField(np.dtype("uint8"), tuple(data.images.shape[1:]))
         source = _InMemory(data)

@@ -277,6 +277,21 @@ def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(corrupt_tree, backend,
     assert str(bad) in message and "\n" not in message and "Traceback" not in message
 
 
+@needs_ffcv
+@pytest.mark.timeout(120)
+def test_prepare_ffcv_names_an_undecodable_file_instead_of_hanging(tmp_path, capsys):
+    """FFCV's writer waits forever for a worker that died on a bad file: every .beton write checks first."""
+    from test_engine import write_folder_with_a_truncated_jpeg
+
+    from fastmbr.cli import main
+
+    bad = write_folder_with_a_truncated_jpeg(tmp_path / "data")
+    with pytest.raises(SystemExit) as exc:
+        main(["prepare", "folder", "--data-dir", str(tmp_path / "data"), "--format", "ffcv"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and str(bad) in err[0], err
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     "backend,workers,sizes",

@@ -6,8 +6,9 @@ indices in ``epoch_order``/``shard_order`` order, starting at ``start_batch``. T
 un-augmented batch exact on resume; FFCV's random crop/flip draw from numba's unseeded per-thread state, so
 augmented pixels after a resume are fresh draws.
 
-Bad input is a one-line error, never a hang: image files are checked to exist and decode before a ``.beton`` is
-written from them (FFCV's writer waits forever for a worker that died on a bad file), and a cached ``.beton``
+Bad input is a one-line error, never a hang: image files are checked to exist (and, by ``write_beton``, to decode
+before a ``.beton`` is written from them: FFCV's writer waits forever for a worker that died on a bad file),
+and a cached ``.beton``
 must hold as many samples as the data (FFCV would read past the end of a shorter one). Under ``skip_corrupt``
 the files that do not decode are found once (the list is kept beside the cached ``.beton``s) and left out of
 the ``.beton``, so FFCV's epochs run over the files that decode, in the order ``(seed, epoch)`` gives them.
@@ -26,7 +27,7 @@ from fastmbr.errors import FastmbrError
 from fastmbr.fileio import atomic_write
 from fastmbr.pipelines.loaders.config import LoaderConfig
 from fastmbr.pipelines.loaders.tensor import epoch_order, shard_order
-from fastmbr.pipelines.prepare import beton_for, beton_path, import_ffcv
+from fastmbr.pipelines.prepare import beton_for, beton_path, check_files_exist, import_ffcv
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
 EVAL_RATIO = 224 / 256
@@ -52,24 +53,6 @@ def image_pipeline(cfg: LoaderConfig, in_memory: bool, device: torch.device) -> 
     else:
         head = [CenterCropRGBImageDecoder(size, ratio=EVAL_RATIO)]
     return head + [ToTensor(), ToDevice(device), ToTorchImage(channels_last=False)]
-
-
-def check_files_exist(data: ImageFiles) -> None:
-    missing = next((p for p in data.paths if not Path(p).is_file()), None)
-    if missing is not None:
-        raise FastmbrError(f"{missing}: listed in the dataset but not on disk (files changed since it was read?)")
-
-
-def check_files_decode(data: ImageFiles, workers: int) -> None:
-    """Every listed file decodes, else a one-line error naming it.
-
-    FFCV's writer waits forever for a worker process that died on an unreadable file, so a ``.beton`` is only
-    written from files known to decode: one extra decode per file, paid on the first write only."""
-    from fastmbr.pipelines.readers.imagefolder import decode_rgb
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without holding the GIL
-        for _ in pool.map(decode_rgb, data.paths):
-            pass
 
 
 def undecodable(data: ImageFiles, workers: int) -> list[str]:
@@ -121,8 +104,6 @@ def checked_beton(data: LabeledImages | ImageFiles, workers: int) -> Path:
     """The dataset's ``.beton``: written (from files that decode) on first use, checked against the data."""
     if isinstance(data, ImageFiles):
         check_files_exist(data)
-        if not beton_path(data).is_file():
-            check_files_decode(data, workers)
     path = beton_for(data, num_workers=workers)
     check_beton_matches(path, data)
     return path
