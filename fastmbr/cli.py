@@ -128,12 +128,15 @@ def eval_command(
     shift: Optional[str] = typer.Option(None),
     data_dir: Optional[str] = typer.Option(None),
     device: str = typer.Option("auto"),
+    skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--no-skip-corrupt",
+                                                help="leave out image files that do not decode (default: as the "
+                                                     "run was trained)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Top-1/top-5 of a trained classifier on a dataset's test domains."""
     from fastmbr.engine.trainer import evaluate_run
 
-    result = evaluate_run(run_dir, dataset, shift, data_dir, device)
+    result = evaluate_run(run_dir, dataset, shift, data_dir, device, skip_corrupt)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -141,6 +144,10 @@ def eval_command(
     for name, r in result.items():
         table.add_row(name, f"{r['top1']:.2f}", f"{r['top5']:.2f}", str(r["n"]))
     console.print(table)
+    for name, r in result.items():
+        if r.get("unreadable_files"):
+            console.print(f"{name}: left out {len(r['unreadable_files'])} image file(s) that do not decode: "
+                          f"{r['unreadable_files'][0]}")
 
 
 @app.command("run")

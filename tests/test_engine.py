@@ -250,3 +250,11 @@ def test_an_undecodable_image_stops_the_run_unless_skip_corrupt_leaves_it_out_an
     assert metrics["unreadable_files"] == [str(bad)]
     log = (tmp_path / "lenient" / "train.log").read_text()
     assert log.count(f"left out 1 image file(s) that do not decode (--skip-corrupt): {bad}") == 1
+    test_file = tmp_path / "data" / "val" / "c0" / "2.jpg"  # the folder's val/ split is its test domain
+    test_file.write_bytes(test_file.read_bytes()[:100])
+    capsys.readouterr()
+    main(["eval", str(tmp_path / "lenient"), "--device", "cpu", "--json"])  # skips as the run was trained
+    (scored,) = json.loads(capsys.readouterr().out).values()
+    assert scored["unreadable_files"] == [str(test_file)] and scored["n"] == 11
+    code, err = run_cli(["eval", str(tmp_path / "lenient"), "--device", "cpu", "--no-skip-corrupt"], capsys)
+    assert code == 2 and len(err) == 1 and str(test_file) in err[0], err

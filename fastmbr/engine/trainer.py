@@ -773,13 +773,15 @@ def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
 
 
 def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir: str | None,
-                 device: str = "auto") -> dict:
-    """Score a trained classifier (best.pt) on any dataset's test domains (how transfer is scored)."""
+                 device: str = "auto", skip_corrupt: bool | None = None) -> dict:
+    """Score a trained classifier (best.pt) on any dataset's test domains (how transfer is scored); a domain
+    whose loader left files out (``skip_corrupt``, default: as trained) lists them under ``unreadable_files``."""
     if not (run_dir / "config.json").exists():
         raise FastmbrError(f"{run_dir}: not a run folder (no config.json)")
     cfg = RunConfig.from_dict({k: v for k, v in read_json(run_dir / "config.json").items() if k != "commit"})
     data = replace(cfg.data, dataset=dataset or cfg.data.dataset, shift=shift if dataset or shift else cfg.data.shift,
-                   data_dir=data_dir or cfg.data.data_dir)
+                   data_dir=data_dir or cfg.data.data_dir,
+                   skip_corrupt=cfg.data.skip_corrupt if skip_corrupt is None else skip_corrupt)
     cfg = replace(cfg, data=data, device=device, compile=False)
     trainer = Trainer(cfg, run_dir, progress=False)
     trainer.channels_last = False
@@ -790,5 +792,10 @@ def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir
         trainer.model.load_state_dict(weights)
     except RuntimeError:
         raise FastmbrError(f"{run_dir}/best.pt does not fit {data.dataset}: class count or image size differs") from None
-    return {name: accuracy(trainer.model, trainer.loader(d, train=False), trainer.device)
-            for name, d in trainer.domains.test.items()}
+    return {name: score_domain(trainer, d) for name, d in trainer.domains.test.items()}
+
+
+def score_domain(trainer: Trainer, data) -> dict:
+    loader = trainer.loader(data, train=False)
+    result = accuracy(trainer.model, loader, trainer.device)
+    return {**result, "unreadable_files": loader.skipped} if getattr(loader, "skipped", None) else result
