@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,11 +109,15 @@ def _reader(info: DatasetInfo, root: Path | None):
     return getattr(importlib.import_module(module), func)
 
 
-def load_split(name: str, split: str, data_dir: str | Path | None = None) -> LabeledImages | ImageFiles:
-    """One split of a dataset exactly as stored (uint8, native size) or as a file list."""
+def load_split(name: str, split: str, data_dir: str | Path | None = None,
+               skip_corrupt: bool = False) -> LabeledImages | ImageFiles:
+    """One split of a dataset exactly as stored (uint8, native size) or as a file list. ``skip_corrupt`` reaches
+    the readers that decode image files (they then leave out, and list, the files that do not decode)."""
     info = dataset_info(name)
     root = dataset_root(info, data_dir)
-    data = _reader(info, root)(root, split)
+    reader = _reader(info, root)
+    skips = skip_corrupt and "skip_corrupt" in inspect.signature(reader).parameters
+    data = reader(root, split, skip_corrupt=True) if skips else reader(root, split)
     if len(data) == 0:
         raise FastmbrError(f"dataset {name!r}: split {split!r} under {root} holds no images")
     return data
@@ -187,6 +192,7 @@ class Domains:
     unlabeled: dict[str, LabeledImages] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     labelled_extra: dict[str, int] = field(default_factory=dict)  # --train-also: images of another domain in train
+    unreadable: list[str] = field(default_factory=list)  # image files left out because they do not decode
 
     @property
     def num_classes(self) -> int:
@@ -201,13 +207,15 @@ class Domains:
         }
 
 
-def _train_test(info: DatasetInfo, data_dir, seed: int, notes: list[str]):
+def _train_test(info: DatasetInfo, data_dir, seed: int, notes: list[str], skip_corrupt: bool):
     if "train" in info.splits and "test" in info.splits:
-        return load_split(info.name, "train", data_dir), load_split(info.name, "test", data_dir)
+        return (load_split(info.name, "train", data_dir, skip_corrupt),
+                load_split(info.name, "test", data_dir, skip_corrupt))
     if info.splits == ("train", "val"):
-        return load_split(info.name, "train", data_dir), load_split(info.name, "val", data_dir)
+        return (load_split(info.name, "train", data_dir, skip_corrupt),
+                load_split(info.name, "val", data_dir, skip_corrupt))
     only = info.splits[0]
-    data = load_split(info.name, only, data_dir)
+    data = load_split(info.name, only, data_dir, skip_corrupt)
     rest, carved = deterministic_split(len(data), 0.2, seed=0)
     notes.append(f"{info.name} has only a {only} split here: 80% train / 20% test, fixed seed 0")
     return data.subset(rest), data.subset(carved)
@@ -239,7 +247,8 @@ def select_classes(data: LabeledImages | ImageFiles, keep: list[int]) -> Labeled
 MAX_DECODED_BYTES = 8 << 30  # a file-backed split decoded for a pixel shift must fit in memory
 
 
-def decoded_for_shift(data: ImageFiles, size: int, shift: str, notes: list[str]) -> LabeledImages:
+def decoded_for_shift(data: ImageFiles, size: int, shift: str, notes: list[str],
+                      skip_corrupt: bool = False) -> LabeledImages:
     """A file-backed split in memory at ``size`` px, because ``shift`` changes pixels; refused when too large."""
     from fastmbr.pipelines.readers.imagefolder import decode_files
 
@@ -249,7 +258,17 @@ def decoded_for_shift(data: ImageFiles, size: int, shift: str, notes: list[str])
                            f"decoded at {size} px; pass a smaller --image-size")
     if len(data):
         notes.append(f"{data.source}: {len(data)} images decoded into memory at {size} px for the shift {shift}")
-    return decode_files(data, size)
+    return decode_files(data, size, skip_corrupt)
+
+
+def left_out(train, test, notes: list[str]) -> list[str]:
+    """The files the readers left out of either split (``skip_corrupt``), noted once."""
+    unreadable = list(dict.fromkeys([*getattr(train, "unreadable", ()), *getattr(test, "unreadable", ())]))
+    if unreadable:
+        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
+        notes.append(f"left out {len(unreadable)} image file(s) that do not decode (--skip-corrupt): "
+                     f"{unreadable[0]}{more}")
+    return unreadable
 
 
 def check_shift_kinds(info: DatasetInfo, spec: ShiftSpec) -> None:
@@ -287,6 +306,7 @@ def load_domains(
     classes: str | None = None,
     train_also: str | None = None,
     test_only: bool = False,
+    skip_corrupt: bool = False,
 ) -> Domains:
     """Prepare a dataset under a shift: A's train (minus val) is labelled; B is only for testing and G.
 
@@ -294,6 +314,7 @@ def load_domains(
     labelled, to the training set: the "+Aug" baselines, which see labelled shifted images our algorithms do not.
     ``test_only`` prepares the test domains alone (train and val come back empty): scoring a trained classifier
     needs nothing else, and corrupting the training split would cost more than the test itself.
+    ``skip_corrupt``: image files decoded here that do not decode are left out and listed in ``unreadable``.
     """
     info = dataset_info(name)
     spec = parse_shift(shift or info.default_shift)
@@ -304,7 +325,7 @@ def load_domains(
     notes: list[str] = []
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
-    train, test = _train_test(info, data_dir, seed, notes)
+    train, test = _train_test(info, data_dir, seed, notes, skip_corrupt)
     if classes:
         keep = parse_classes(classes, len(train.classes))
         notes.append(f"classes {classes}: {len(keep)} of {len(train.classes)} kept, relabelled 0-{len(keep) - 1}")
@@ -314,16 +335,18 @@ def load_domains(
     size = image_size or info.image_size
     pixel_shift = train_also if also is not None else (spec.label if spec.kind != "none" else None)
     if isinstance(train, ImageFiles) and pixel_shift:
-        train, test = (decoded_for_shift(d, size, pixel_shift, notes) for d in (train, test))
+        train, test = (decoded_for_shift(d, size, pixel_shift, notes, skip_corrupt) for d in (train, test))
+    unreadable = left_out(None if test_only else train, test, notes)
     if isinstance(train, ImageFiles):
         train = limited(train, limit, seed, notes)
         rest, carved = frame_split(train, val_fraction, seed)
-        return Domains(info, spec, train.subset(rest), train.subset(carved), {"A": test}, notes=notes)
+        return Domains(info, spec, train.subset(rest), train.subset(carved), {"A": test}, notes=notes,
+                       unreadable=unreadable)
     test = prepare(test, size)
     test_domains = split_domains(test, spec, name, seed=seed + 2, thresholds=thresholds)
     if test_only:
         empty = prepare(train, size)  # prepared all the same: the classifier is built from its channel count
-        return Domains(info, spec, empty, empty, test_domains, notes=notes)
+        return Domains(info, spec, empty, empty, test_domains, notes=notes, unreadable=unreadable)
     train = prepare(train, size).with_frames()
     train_domains = split_domains(train, spec, name, seed=seed + 1, thresholds=thresholds)
     train_a = limited(train_domains["A"], limit, seed, notes)
@@ -341,4 +364,4 @@ def load_domains(
         notes.append(f"--train-also {train_also}: {len(shifted)} labelled images of its domain B added to the "
                      f"{len(labelled)} of domain A (a '+Aug' baseline); validation stays on A")
         labelled = concat_images([labelled, shifted], f"{labelled.source} + {train_also}")
-    return Domains(info, spec, labelled, val, test_domains, unlabeled, notes, extra)
+    return Domains(info, spec, labelled, val, test_domains, unlabeled, notes, extra, unreadable)

@@ -14,7 +14,8 @@ class LabeledImages:
     """Images held in memory: uint8 ``[N, C, H, W]`` (C = 1 or 3) and int64 labels ``[N]``.
 
     ``frames`` names each image's underlying frame (renderings of one scene share one id, see shifts.frame_ids);
-    None: each image is its own frame, numbered by position.
+    None: each image is its own frame, numbered by position. ``unreadable``: the files a reader left out because
+    they do not decode (``skip_corrupt``); the datasets layer collects them right after reading.
     """
 
     images: torch.Tensor
@@ -22,6 +23,7 @@ class LabeledImages:
     classes: list[str]
     source: str = ""
     frames: torch.Tensor | None = None
+    unreadable: tuple[str, ...] = ()
 
     def __post_init__(self):
         assert self.images.dtype == torch.uint8 and self.images.dim() == 4, "images must be uint8 [N, C, H, W]"
@@ -32,8 +34,10 @@ class LabeledImages:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> "LabeledImages":
+        """The images at ``index``; ``unreadable`` stays, as the provenance of the source split."""
         frames = None if self.frames is None else self.frames[index]
-        return LabeledImages(self.images[index], self.labels[index], self.classes, self.source, frames)
+        return LabeledImages(self.images[index], self.labels[index], self.classes, self.source, frames,
+                             self.unreadable)
 
     def with_frames(self) -> "LabeledImages":
         """The same images with explicit frame ids (positions where none were known), so that every later subset

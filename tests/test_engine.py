@@ -258,3 +258,29 @@ def test_an_undecodable_image_stops_the_run_unless_skip_corrupt_leaves_it_out_an
     assert scored["unreadable_files"] == [str(test_file)] and scored["n"] == 11
     code, err = run_cli(["eval", str(tmp_path / "lenient"), "--device", "cpu", "--no-skip-corrupt"], capsys)
     assert code == 2 and len(err) == 1 and str(test_file) in err[0], err
+
+
+def test_skip_corrupt_also_leaves_out_files_of_a_dataset_decoded_into_memory(tmp_path, capsys):
+    """MNIST-M is decoded when read (no file loader involved): --skip-corrupt reaches its reader."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(10):
+        folder = tmp_path / "data" / "mnist-m" / "test" / str(c)
+        folder.mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    bad = tmp_path / "data" / "mnist-m" / "test" / "7" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:60])
+    common = ["train", "mnist-m", "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--batch-size", "8",
+              "--device", "cpu", "--no-progress"]
+    code, err = run_cli([*common, "--out", str(tmp_path / "strict")], capsys)
+    assert code == 2 and len(err) == 1 and str(bad) in err[0], err
+    main([*common, "--skip-corrupt", "--out", str(tmp_path / "lenient")])
+    metrics = json.loads((tmp_path / "lenient" / "metrics.json").read_text())
+    assert metrics["unreadable_files"] == [str(bad)]
+    counts = metrics["counts"]
+    assert counts["train"]["A"] + counts["val"]["A"] + counts["test"]["A"] == 49  # 50 files, one left out
+    assert f"left out 1 image file(s) that do not decode (--skip-corrupt): {bad}" in \
+        (tmp_path / "lenient" / "train.log").read_text()

@@ -248,3 +248,22 @@ def test_empty_and_missing_folders(tmp_path):
     (tmp_path / "train" / "empty_class").mkdir()
     with pytest.raises(FastmbrError, match="empty_class"):
         imagefolder.read_files(tmp_path, "train")
+
+
+@pytest.mark.parametrize("bad_index", [0, 3])  # 0: the image that would size the output
+def test_read_with_skip_corrupt_leaves_out_what_does_not_decode_and_keeps_labels_aligned(tmp_path, bad_index):
+    paths = []
+    for c in range(2):
+        folder = tmp_path / "test" / f"c{c}"
+        folder.mkdir(parents=True)
+        for i in range(3):
+            paths.append(folder / f"{i}.png")
+            Image.fromarray(np.full((8, 8, 3), 40 * (3 * c + i), dtype=np.uint8)).save(paths[-1])
+    paths[bad_index].write_bytes(paths[bad_index].read_bytes()[:30])
+    with pytest.raises(FastmbrError, match=str(paths[bad_index])):
+        imagefolder.read(tmp_path, "test")
+    data = imagefolder.read(tmp_path, "test", skip_corrupt=True)
+    kept = [i for i in range(6) if i != bad_index]
+    assert data.unreadable == (str(paths[bad_index]),)
+    assert data.images[:, 0, 4, 4].tolist() == [40 * i for i in kept]
+    assert data.labels.tolist() == [i // 3 for i in kept]

@@ -279,7 +279,7 @@ class Trainer:
         d = self.cfg.data
         return load_domains(d.dataset, d.shift, d.data_dir, image_size=d.image_size, seed=self.cfg.seed,
                             val_fraction=d.val_fraction, limit=d.limit, classes=d.classes, train_also=d.train_also,
-                            test_only=test_only)
+                            test_only=test_only, skip_corrupt=d.skip_corrupt)
 
     def rank_share(self, data):
         """This rank's strided 1/W of an evaluation split (the whole split in one process)."""
@@ -364,7 +364,7 @@ class Trainer:
         self.position = (0, 0)
         self.nonfinite_total = 0
         self.skipped = SkippedSteps(self.device)
-        self.unreadable: list[str] = []
+        self.unreadable: list[str] = list(self.domains.unreadable)  # left out when read (its note says so)
         self.skip_on_device = skips_nonfinite_on_device(self.optimizer)
         self.on_own_optimizer = False
         self.images_seen, self.train_seconds = 0, 0.0
@@ -796,6 +796,9 @@ def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir
 
 
 def score_domain(trainer: Trainer, data) -> dict:
+    """Accuracy on one test domain, with the files left out of it (when the test split was read, or by the
+    loader) under ``unreadable_files``."""
     loader = trainer.loader(data, train=False)
     result = accuracy(trainer.model, loader, trainer.device)
-    return {**result, "unreadable_files": loader.skipped} if getattr(loader, "skipped", None) else result
+    unreadable = [*trainer.domains.unreadable, *getattr(loader, "skipped", [])]
+    return {**result, "unreadable_files": unreadable} if unreadable else result

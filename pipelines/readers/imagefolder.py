@@ -86,10 +86,17 @@ def list_tree(folder: Path) -> tuple[list[Path], torch.Tensor, list[str]]:
     return paths, torch.tensor(labels, dtype=torch.int64), [e.name for e in classes]
 
 
-def _decode_into(out: np.ndarray, paths: list[Path], start: int, size: tuple[int, int] | None) -> None:
+def _decode_into(out: np.ndarray, paths: list[Path], start: int, size: tuple[int, int] | None,
+                 unreadable: list[int] | None) -> None:
     expected = out.shape[1:3]
     for i, path in enumerate(paths, start):
-        pixels = decode_rgb(path, size)
+        try:
+            pixels = decode_rgb(path, size)
+        except FastmbrError:
+            if unreadable is None:
+                raise
+            unreadable.append(i)
+            continue
         if pixels.shape[:2] != expected:
             raise FastmbrError(
                 f"{path}: image is {pixels.shape[1]}x{pixels.shape[0]} but the first image of the folder is "
@@ -98,37 +105,72 @@ def _decode_into(out: np.ndarray, paths: list[Path], start: int, size: tuple[int
         out[i] = pixels
 
 
-def decode_all(paths: list[Path], size: tuple[int, int] | None = None, workers: int | None = None) -> torch.Tensor:
+def decode_all(paths: list[Path], size: tuple[int, int] | None = None, workers: int | None = None,
+               unreadable: list[int] | None = None) -> torch.Tensor:
     """Decode ``paths`` (all one size, or resized to ``size`` = (w, h)) into uint8 ``[N, 3, H, W]``.
 
-    Chunks run in a thread pool: Pillow releases the GIL while inflating or IDCT-decoding, so JPEGs gain from
-    threads; tiny PNGs are bound by Python overhead either way."""
-    first = decode_rgb(paths[0], size)
+    A file that does not decode is a one-line error naming it; given an ``unreadable`` list, it is left out of the
+    result instead and its position appended there. Chunks run in a thread pool: Pillow releases the GIL while
+    inflating or IDCT-decoding, so JPEGs gain from threads; tiny PNGs are bound by Python overhead either way."""
+    first = _first_decodable(paths, size, unreadable is not None)
     out = np.empty((len(paths), *first.shape), dtype=np.uint8)
     workers = workers or min(8, os.cpu_count() or 1)
     starts = range(0, len(paths), _CHUNK)
+    found: list[int] | None = None if unreadable is None else []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = [pool.submit(_decode_into, out, paths[s : s + _CHUNK], s, size) for s in starts]
+        jobs = [pool.submit(_decode_into, out, paths[s : s + _CHUNK], s, size, found) for s in starts]
         for job in jobs:
             job.result()
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(out).permute(0, 3, 1, 2)
+    if found:
+        unreadable += sorted(found)
+        images = images[decodable_mask(len(paths), unreadable)]
+    return images.contiguous()
 
 
-def read(root: Path, split: str) -> LabeledImages:
+def decodable_mask(n: int, unreadable: list[int]) -> torch.Tensor:
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[unreadable] = False
+    return keep
+
+
+def _first_decodable(paths: list[Path], size: tuple[int, int] | None, skip: bool) -> np.ndarray:
+    """The first image (its shape sizes the output); when skipping, the first one that decodes."""
+    for path in paths:
+        try:
+            return decode_rgb(path, size)
+        except FastmbrError:
+            if not skip:
+                raise
+    raise FastmbrError(f"{paths[0].parent.parent}: none of its {len(paths)} image files decodes")
+
+
+def decode_labelled(paths: list[Path], labels: torch.Tensor, classes: list[str], source: str,
+                    size: tuple[int, int] | None = None, skip_corrupt: bool = False) -> LabeledImages:
+    """``paths`` decoded with their labels; under ``skip_corrupt`` without the files that do not decode, which
+    the result lists in ``unreadable``."""
+    unreadable: list[int] | None = [] if skip_corrupt else None
+    images = decode_all(paths, size=size, unreadable=unreadable)
+    if unreadable:
+        labels = labels[decodable_mask(len(paths), unreadable)]
+    return LabeledImages(images, labels, classes, source=source,
+                         unreadable=tuple(str(paths[i]) for i in unreadable or ()))
+
+
+def read(root: Path, split: str, skip_corrupt: bool = False) -> LabeledImages:
     """Decode ``<root>/<split>/<class>/*`` into memory as uint8 RGB ``[N, 3, H, W]``."""
     folder = split_folder(root, split)
     paths, labels, classes = list_tree(folder)
-    return LabeledImages(decode_all(paths), labels, classes, source=str(folder))
+    return decode_labelled(paths, labels, classes, str(folder), skip_corrupt=skip_corrupt)
 
 
-def decode_files(files: ImageFiles, size: int) -> LabeledImages:
+def decode_files(files: ImageFiles, size: int, skip_corrupt: bool = False) -> LabeledImages:
     """A listed split decoded into memory at ``size`` px (Pillow's bilinear resize, antialiased when shrinking):
     the pixel shifts (corruptions) of a file-backed dataset need the images themselves."""
     if not files.paths:
-        images = torch.zeros(0, 3, size, size, dtype=torch.uint8)
-    else:
-        images = decode_all(files.paths, size=(size, size))
-    return LabeledImages(images, files.labels, files.classes, files.source)
+        return LabeledImages(torch.zeros(0, 3, size, size, dtype=torch.uint8), files.labels, files.classes,
+                             files.source)
+    return decode_labelled(files.paths, files.labels, files.classes, files.source, (size, size), skip_corrupt)
 
 
 def read_files(root: Path, split: str) -> ImageFiles:
