@@ -97,12 +97,15 @@ def check_files_decode(data: ImageFiles, workers: int) -> None:
             pass
 
 
-def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int = 2) -> Path:
-    """Write ``data`` to an FFCV ``.beton`` at ``path`` (atomically); image files are checked first."""
+def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int = 2,
+                known_to_decode: bool = False) -> Path:
+    """Write ``data`` to an FFCV ``.beton`` at ``path`` (atomically); image files are checked first, unless the
+    caller has just decoded every one of them (``known_to_decode``: one pass over ImageNet saved)."""
     ffcv = import_ffcv()
     if isinstance(data, ImageFiles):
         check_files_exist(data)
-        check_files_decode(data, max(1, num_workers))
+        if not known_to_decode:
+            check_files_decode(data, max(1, num_workers))
     if isinstance(data, LabeledImages):
         image_field = ffcv.fields.NDArrayField(np.dtype("uint8"), tuple(data.images.shape[1:]))
         source = _InMemory(data)
@@ -131,7 +134,7 @@ def beton_path(data: LabeledImages | ImageFiles) -> Path:
     return cache_dir() / "beton" / f"{kind}-{content_key(data)}.beton"
 
 
-def beton_for(data: LabeledImages | ImageFiles, num_workers: int = 2) -> Path:
+def beton_for(data: LabeledImages | ImageFiles, num_workers: int = 2, known_to_decode: bool = False) -> Path:
     """The cached .beton of ``data``, written on first use."""
     path = beton_path(data)
-    return path if path.is_file() else write_beton(data, path, num_workers)
+    return path if path.is_file() else write_beton(data, path, num_workers, known_to_decode)

@@ -279,6 +279,19 @@ def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(corrupt_tree, backend,
 
 @needs_ffcv
 @pytest.mark.timeout(120)
+def test_ffcv_under_skip_corrupt_decodes_each_file_once_before_writing(corrupt_tree, monkeypatch):
+    """Sorting out the bad files already decoded every file: the .beton write must not check them all again."""
+    from fastmbr.pipelines import prepare
+
+    monkeypatch.setattr(prepare, "check_files_decode", lambda data, workers: pytest.fail("decoded twice"))
+    root, bad = corrupt_tree
+    loader = build_loader(read_files(root, "val"), LoaderConfig(batch_size=2, shuffle=False, image_size=16,
+                                                                backend="ffcv", skip_corrupt=True))
+    assert sum(len(y) for _, y in loader) == 5 and loader.skipped == [str(bad)]
+
+
+@needs_ffcv
+@pytest.mark.timeout(120)
 def test_prepare_ffcv_names_an_undecodable_file_instead_of_hanging(tmp_path, capsys):
     """FFCV's writer waits forever for a worker that died on a bad file: every .beton write checks first."""
     from test_engine import write_folder_with_a_truncated_jpeg

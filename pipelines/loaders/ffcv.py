@@ -100,11 +100,11 @@ def check_beton_matches(path: Path, data: LabeledImages | ImageFiles) -> None:
                            f"for this data; delete it and the loader writes it again")
 
 
-def checked_beton(data: LabeledImages | ImageFiles, workers: int) -> Path:
+def checked_beton(data: LabeledImages | ImageFiles, workers: int, known_to_decode: bool = False) -> Path:
     """The dataset's ``.beton``: written (from files that decode) on first use, checked against the data."""
     if isinstance(data, ImageFiles):
         check_files_exist(data)
-    path = beton_for(data, num_workers=workers)
+    path = beton_for(data, num_workers=workers, known_to_decode=known_to_decode)
     check_beton_matches(path, data)
     return path
 
@@ -128,12 +128,13 @@ class FfcvLoader:
             kind = "in-memory data" if self.in_memory else "image files"
             raise FastmbrError(f"loader 'ffcv' supports augment {'/'.join(allowed)} for {kind}, not {cfg.augment!r}")
         self.skipped: list[str] = []
-        if cfg.skip_corrupt and not self.in_memory:
+        sorted_out = cfg.skip_corrupt and not self.in_memory  # then every kept file was decoded once already
+        if sorted_out:
             check_files_exist(data)
             data, self.skipped = decodable_part(data, workers=max(1, cfg.num_workers))
         self.cfg, self.n = cfg, len(data)
         self.device = torch.device(cfg.device)
-        self.path = checked_beton(data, workers=max(1, cfg.num_workers))
+        self.path = checked_beton(data, workers=max(1, cfg.num_workers), known_to_decode=sorted_out)
         self.epoch, self.start_batch = 0, 0
         self.schedule, self._ffcv = EpochOrder(), None
 
