@@ -10,8 +10,9 @@
 # safetensors, pyyaml must be there already). The lent H200 image has neither nvidia-dali (476 MB installed, far
 # over the 64 MiB a call may carry) nor ffcv (built here against Debian's libturbojpeg/libopencv): their bench
 # cases then record "not installed", and the GPU decode measured there is torchvision's nvJPEG (`--loader
-# nvjpeg`); the ERM-with-DALI target needs a GPU machine with nvidia-dali-cuda130 installed. Each stage has its own time limit, in the order of what
-# matters most, so that one slow stage cannot eat the rest of a 10-minute call; the exit status is pytest's.
+# nvjpeg`); the ERM-with-DALI target needs a GPU machine with nvidia-dali-cuda130 installed. Each stage has its
+# own time limit, in the order of what matters most, so that one slow stage cannot eat the rest of a 10-minute
+# call; the exit status is pytest's.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"

@@ -135,6 +135,7 @@ def eval_command(
 ):
     """Top-1/top-5 of a trained classifier on a dataset's test domains."""
     from fastmbr.engine.trainer import evaluate_run
+    from fastmbr.pipelines.datasets import unreadable_note
 
     result = evaluate_run(run_dir, dataset, shift, data_dir, device, skip_corrupt)
     if as_json:
@@ -146,8 +147,7 @@ def eval_command(
     console.print(table)
     for name, r in result.items():
         if r.get("unreadable_files"):
-            console.print(f"{name}: left out {len(r['unreadable_files'])} image file(s) that do not decode: "
-                          f"{r['unreadable_files'][0]}")
+            console.print(f"{name}: {unreadable_note(r['unreadable_files'])}")
 
 
 @app.command("run")

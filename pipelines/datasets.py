@@ -261,13 +261,17 @@ def decoded_for_shift(data: ImageFiles, size: int, shift: str, notes: list[str],
     return decode_files(data, size, skip_corrupt)
 
 
+def unreadable_note(paths: list[str]) -> str:
+    """The one line that reports image files left out because they do not decode (``--skip-corrupt``)."""
+    more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
+    return f"left out {len(paths)} image file(s) that do not decode (--skip-corrupt): {paths[0]}{more}"
+
+
 def left_out(train, test, notes: list[str]) -> list[str]:
     """The files the readers left out of either split (``skip_corrupt``), noted once."""
     unreadable = list(dict.fromkeys([*getattr(train, "unreadable", ()), *getattr(test, "unreadable", ())]))
     if unreadable:
-        more = f" and {len(unreadable) - 1} more" if len(unreadable) > 1 else ""
-        notes.append(f"left out {len(unreadable)} image file(s) that do not decode (--skip-corrupt): "
-                     f"{unreadable[0]}{more}")
+        notes.append(unreadable_note(unreadable))
     return unreadable
 
 

@@ -51,7 +51,7 @@ from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
 from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, read_json, write_json
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
-from fastmbr.pipelines.datasets import Domains, load_domains
+from fastmbr.pipelines.datasets import Domains, load_domains, unreadable_note
 from fastmbr.pipelines.loaders import LoaderConfig, build_loader
 from fastmbr.pipelines.types import LabeledImages
 from fastmbr.variation.resolve import compile_variation, freeze, variation_from_specs
@@ -304,8 +304,7 @@ class Trainer:
         new = [path for path in getattr(loader, "skipped", []) if path not in self.unreadable]
         if new:
             self.unreadable += new
-            more = f" and {len(new) - 1} more" if len(new) > 1 else ""
-            self.log(f"left out {len(new)} image file(s) that do not decode (--skip-corrupt): {new[0]}{more}")
+            self.log(unreadable_note(new))
 
     def build_model(self) -> nn.Module:
         train = self.domains.train

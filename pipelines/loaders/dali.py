@@ -94,13 +94,11 @@ def to_torch(tensor_list, device: torch.device) -> torch.Tensor:
 def find_culprit(paths: list[str]) -> tuple[int | None, str]:
     """The position in ``paths`` of the first file Pillow cannot decode, and the error naming it (DALI's decoder
     errors do not name the file); position None when every one decodes."""
-    from fastmbr.pipelines.readers.imagefolder import decode_rgb
+    from fastmbr.pipelines.readers.imagefolder import decode_error
 
     for position, path in enumerate(paths):
-        try:
-            decode_rgb(path)
-        except FastmbrError as exc:
-            return position, str(exc)
+        if (error := decode_error(path)) is not None:
+            return position, error
     return None, f"DALI could not decode one of {paths[0]} … {paths[-1]}"
 
 

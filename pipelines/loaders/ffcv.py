@@ -7,9 +7,9 @@ un-augmented batch exact on resume; FFCV's random crop/flip draw from numba's un
 augmented pixels after a resume are fresh draws.
 
 Bad input is a one-line error, never a hang: image files are checked to exist (and, by ``write_beton``, to decode
-before a ``.beton`` is written from them: FFCV's writer waits forever for a worker that died on a bad file),
-and a cached ``.beton``
-must hold as many samples as the data (FFCV would read past the end of a shorter one). Under ``skip_corrupt``
+before a ``.beton`` is written from them: FFCV's writer waits forever for a worker that died on a bad file), and
+a cached ``.beton`` must hold as many samples as the data (FFCV would read past the end of a shorter one). Under
+``skip_corrupt``
 the files that do not decode are found once (the list is kept beside the cached ``.beton``s) and left out of
 the ``.beton``, so FFCV's epochs run over the files that decode, in the order ``(seed, epoch)`` gives them.
 """
@@ -57,17 +57,10 @@ def image_pipeline(cfg: LoaderConfig, in_memory: bool, device: torch.device) -> 
 
 def undecodable(data: ImageFiles, workers: int) -> list[str]:
     """The listed files that do not decode, in list order."""
-    from fastmbr.pipelines.readers.imagefolder import decode_rgb
+    from fastmbr.pipelines.readers.imagefolder import decode_error
 
-    def fails(path) -> bool:
-        try:
-            decode_rgb(path)
-        except FastmbrError:
-            return True
-        return False
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return [str(p) for p, bad in zip(data.paths, pool.map(fails, data.paths)) if bad]
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # Pillow decodes without holding the GIL
+        return [str(p) for p, error in zip(data.paths, pool.map(decode_error, data.paths)) if error is not None]
 
 
 def skipped_files(data: ImageFiles, workers: int) -> list[str]:

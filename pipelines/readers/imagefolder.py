@@ -39,6 +39,15 @@ def decode_rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
         raise FastmbrError(f"{path}: cannot decode image ({exc})") from None
 
 
+def decode_error(path: Path) -> str | None:
+    """The one-line error ``decode_rgb`` raises for ``path``, or None when it decodes."""
+    try:
+        decode_rgb(path)
+    except FastmbrError as exc:
+        return str(exc)
+    return None
+
+
 def _subfolders(folder: Path) -> list[os.DirEntry]:
     with os.scandir(folder) as entries:
         return sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
@@ -116,14 +125,13 @@ def decode_all(paths: list[Path], size: tuple[int, int] | None = None, workers: 
     out = np.empty((len(paths), *first.shape), dtype=np.uint8)
     workers = workers or min(8, os.cpu_count() or 1)
     starts = range(0, len(paths), _CHUNK)
-    found: list[int] | None = None if unreadable is None else []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = [pool.submit(_decode_into, out, paths[s : s + _CHUNK], s, size, found) for s in starts]
+        jobs = [pool.submit(_decode_into, out, paths[s : s + _CHUNK], s, size, unreadable) for s in starts]
         for job in jobs:
             job.result()
     images = torch.from_numpy(out).permute(0, 3, 1, 2)
-    if found:
-        unreadable += sorted(found)
+    if unreadable:
+        unreadable.sort()  # the chunks append in the order they finish
         images = images[decodable_mask(len(paths), unreadable)]
     return images.contiguous()
 
