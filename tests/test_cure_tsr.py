@@ -224,3 +224,17 @@ def test_recipe_trains_on_level_0_and_scores_each_eval_level_then_eval_takes_ano
     main(["eval", str(run_dir), "--shift", "challenge:haze-4", "--device", "cpu", "--json"])
     scores = json.loads(capsys.readouterr().out)
     assert scores["B"]["n"] == len(expected(TEST_FILES, HAZE, 4))
+
+
+def test_skip_corrupt_leaves_a_bad_test_image_out_of_domain_b_and_lists_it(tmp_path):
+    write_cure(tmp_path / "cure-tsr", "Real_Train", TRAIN_FILES)
+    write_cure(tmp_path / "cure-tsr", "Real_Test", TEST_FILES)
+    bad_name, _ = expected(TEST_FILES, SNOW, 2)[0]
+    bad = tmp_path / "cure-tsr" / "Real_Test" / bad_name
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(FastmbrError, match=str(bad)):
+        load_domains("cure-tsr", "challenge:snow-2", tmp_path)
+    d = load_domains("cure-tsr", "challenge:snow-2", tmp_path, skip_corrupt=True)
+    assert d.unreadable == [str(bad)] and any(str(bad) in note for note in d.notes)
+    assert len(d.test["B"]) == len(expected(TEST_FILES, SNOW, 2)) - 1
+    assert len(d.test["A"]) == len(expected(TEST_FILES, 0, 0))

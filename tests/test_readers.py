@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bz2
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -160,6 +161,22 @@ def test_cure_tsr_truncated_image_missing_split_and_empty(tmp_path):
         cure_tsr.read(tmp_path, "test")
     with pytest.raises(FastmbrError, match="'val'"):
         cure_tsr.read(tmp_path, "val")
+
+
+@pytest.mark.parametrize("bad_name", ["ChallengeFree/01_01_00_00_0001.bmp", "ChallengeFree/01_14_00_00_0002.bmp"])
+def test_cure_tsr_skip_corrupt_reads_as_if_the_file_were_absent(tmp_path, bad_name):
+    """Images, labels, challenges and frame ids of the rest equal a strict read of the tree without the file."""
+    write_cure(tmp_path / "with")
+    shutil.copytree(tmp_path / "with", tmp_path / "without")
+    (tmp_path / "without" / "Real_Train" / bad_name).unlink()
+    bad = tmp_path / "with" / "Real_Train" / bad_name
+    bad.write_bytes(bad.read_bytes()[:100])
+    lenient = cure_tsr.read(tmp_path / "with", "train", skip_corrupt=True)
+    strict = cure_tsr.read(tmp_path / "without", "train")
+    assert lenient.unreadable == (str(bad),) and len(lenient) == len(CURE_FILES) - 1
+    for name in ("images", "labels", "challenge_types", "challenge_levels", "frames"):
+        assert torch.equal(getattr(lenient, name), getattr(strict, name)), name
+    assert lenient.subset(torch.tensor([1])).unreadable == (str(bad),)
 
 
 # ---- ImageFolder trees ----

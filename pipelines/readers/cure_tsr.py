@@ -5,6 +5,9 @@ Names follow ``<sequenceType>_<signType>_<challengeType>_<challengeLevel>_<index
 ``<root>/Real_Test`` (the release nests them in per-challenge folders; ``train/`` and ``test/`` are accepted too).
 Crops vary in size, so they are resized to ``size``×``size`` on read.
 
+Under ``skip_corrupt`` a file that does not decode is left out as it is read (listed in ``unreadable``); the
+labels, challenges and frame ids of the rest stay aligned with their images.
+
 Every challenged image is rendered from a challenge-free frame with the same sequence, sign and index, so each
 image also carries a frame id: images sharing one are renderings of one crop. Ids are numbered within a split
 (Real_Train and Real_Test are separate recordings), so they are compared only inside one split.
@@ -21,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from fastmbr.errors import FastmbrError
-from fastmbr.pipelines.readers.imagefolder import decode_all
+from fastmbr.pipelines.readers.imagefolder import decodable_mask, decode_all
 from fastmbr.pipelines.types import LabeledImages
 
 SIGN_TYPES = (
@@ -59,6 +62,7 @@ class CureTsrImages(LabeledImages):
         return CureTsrImages(
             self.images[index], self.labels[index], self.classes, self.source, frames=self.frames[index],
             challenge_types=self.challenge_types[index], challenge_levels=self.challenge_levels[index],
+            unreadable=self.unreadable,
         )
 
 
@@ -109,12 +113,17 @@ def list_bmps(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: (p.name, str(p)))
 
 
-def read(root: Path, split: str, size: int = 32) -> CureTsrImages:
+def read(root: Path, split: str, size: int = 32, skip_corrupt: bool = False) -> CureTsrImages:
     """CURE-TSR as uint8 RGB ``[N, 3, size, size]``, labels 0-13, with per-image challenge type, level and frame."""
     folder = split_folder(root, split)
     paths = list_bmps(folder)
     names = [parse_name(p) for p in paths]
+    unreadable: list[int] | None = [] if skip_corrupt else None
+    images = decode_all(paths, size=(size, size), unreadable=unreadable)
+    if unreadable:
+        keep = decodable_mask(len(paths), unreadable).tolist()
+        names = [n for n, kept in zip(names, keep) if kept]
     column = torch.tensor(names, dtype=torch.int64).T
-    images = decode_all(paths, size=(size, size))
     return CureTsrImages(images, column[0].contiguous(), list(SIGN_TYPES), str(folder), frames=frames_of(names),
+                         unreadable=tuple(str(paths[i]) for i in unreadable or ()),
                          challenge_types=column[1].contiguous(), challenge_levels=column[2].contiguous())
