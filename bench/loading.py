@@ -29,6 +29,12 @@ TIMED_EPOCHS = 2
 CLASSES = 10
 
 
+def capped_resolution(image_size: int) -> int:
+    """The longer side FFCV's ``.beton`` is capped at in the capped case: 256 for 224 px crops (FFCV's recipe
+    stores ImageNet at 256-512), scaled with the image size."""
+    return round(image_size * 256 / 224)
+
+
 def tree_shape(image_size: int) -> tuple[int, int]:
     """(width, height) of the tree's images: ImageNet's typical 500×375 at 224 px, scaled with the image size."""
     return round(image_size * 500 / 224), round(image_size * 375 / 224)
@@ -80,12 +86,13 @@ def jpeg_tree(images: int, image_size: int, workers: int) -> Iterator[ImageFiles
 
 
 def file_loader(files: ImageFiles, backend: str, batch: int, image_size: int, device: torch.device,
-                workers: int, channels_last: bool = False):
+                workers: int, channels_last: bool = False, max_resolution: int | None = None):
     from fastmbr.pipelines.loaders import LoaderConfig, build_loader
 
     return build_loader(files, LoaderConfig(batch_size=batch, augment="rrc-flip", image_size=image_size,
                                             device=device, backend=backend, num_workers=workers,
-                                            drop_last=True, channels_last=channels_last))
+                                            drop_last=True, channels_last=channels_last,
+                                            max_resolution=max_resolution))
 
 
 def timed_epochs(loader, device: torch.device, per_batch: Callable[[torch.Tensor, torch.Tensor], object]) -> float:
@@ -116,13 +123,15 @@ def backend_error(backend: str) -> str | None:
 
 
 def bench_file_loader(files: ImageFiles, backend: str, batch: int, image_size: int, device: torch.device,
-                      workers: int) -> dict:
-    """One backend alone: decode, random-resized-crop, flip, onto the device."""
+                      workers: int, max_resolution: int | None = None) -> dict:
+    """One backend alone: decode, random-resized-crop, flip, onto the device (FFCV's files stored with their
+    longer side capped at ``max_resolution`` when given)."""
     width, height = tree_shape(image_size)
-    case = {"case": f"loader {backend} (JPEG {width}×{height} → {image_size}px, rrc-flip)", "images": len(files)}
+    name = backend if max_resolution is None else f"{backend} max-res {max_resolution}"
+    case = {"case": f"loader {name} (JPEG {width}×{height} → {image_size}px, rrc-flip)", "images": len(files)}
     if (error := backend_error(backend)) is not None:
         return {**case, "error": error}
-    loader = file_loader(files, backend, batch, image_size, device, workers)
+    loader = file_loader(files, backend, batch, image_size, device, workers, max_resolution=max_resolution)
     return {**case, "images/s": timed_epochs(loader, device, lambda x, y: None), "workers": workers}
 
 

@@ -65,17 +65,20 @@ def loader_workers(setup: BenchSetup) -> int:
 
 
 def loader_cases(setup: BenchSetup, quick: bool) -> list[dict]:
-    """In-memory MNIST through the tensor and torch loaders, then a JPEG tree through every file backend."""
-    from fastmbr.bench.loading import FILE_BACKENDS, bench_file_loader, jpeg_tree
+    """In-memory MNIST through the tensor and torch loaders, then a JPEG tree through every file backend, and
+    through FFCV once more from a ``.beton`` capped at a resolution near the crops'."""
+    from fastmbr.bench.loading import FILE_BACKENDS, bench_file_loader, capped_resolution, jpeg_tree
     from fastmbr.pipelines.datasets import load_domains
 
     data = load_domains("mnist").train
     out = [reported(f"loader {backend}", lambda b=backend: bench_loader(b, data, setup))
            for backend in ("tensor", "torch")]
-    batch, workers = erm_batch(setup), loader_workers(setup)
+    batch, workers, cap = erm_batch(setup), loader_workers(setup), capped_resolution(setup.image_size)
     with jpeg_tree(tree_images(setup, quick), setup.image_size, workers) as files:
         out += [reported(f"loader {backend} (JPEG tree)", lambda b=backend: bench_file_loader(
             files, b, batch, setup.image_size, setup.device, workers)) for backend in FILE_BACKENDS]
+        out.append(reported(f"loader ffcv max-res {cap} (JPEG tree)", lambda: bench_file_loader(
+            files, "ffcv", batch, setup.image_size, setup.device, workers, max_resolution=cap)))
     return out
 
 

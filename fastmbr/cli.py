@@ -52,6 +52,8 @@ def train(
     skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="leave out image files that do not decode "
                                                                      "(logged, listed in metrics.json) instead "
                                                                      "of stopping"),
+    max_resolution: Optional[int] = typer.Option(None, help="ffcv: store image files with their longer side at "
+                                                             "most N pixels (FFCV's ImageNet recipe: 256-512)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     data_dir: Optional[str] = typer.Option(None, help="data root (default $FASTMBR_DATA)"),
     limit: Optional[int] = typer.Option(None, help="use only the first N training images"),
@@ -108,7 +110,7 @@ def train(
                        "data_dir": data_dir, "limit": limit, "classes": classes, "train_also": train_also}.items():
         if value is not None:
             setattr(cfg.data, key, value)
-    cfg.data.loader, cfg.data.skip_corrupt = loader, skip_corrupt
+    cfg.data.loader, cfg.data.skip_corrupt, cfg.data.max_resolution = loader, skip_corrupt, max_resolution
     cfg.arch = arch or cfg.arch
     cfg.device, cfg.seed, cfg.out = device, seed, out
     cfg.compile, cfg.amp, cfg.checkpoint_every, cfg.max_nonfinite = compile, amp, checkpoint_every, max_nonfinite
@@ -274,19 +276,27 @@ def prepare(
     image_size: Optional[int] = typer.Option(None),
     fmt: str = typer.Option("cache", "--format", help="cache (corruptions only) or ffcv (.beton per domain)"),
     out: Optional[Path] = typer.Option(None, help="folder for the .beton files (default: the cache)"),
+    max_resolution: Optional[int] = typer.Option(None, help="ffcv: store image files with their longer side at "
+                                                             "most N pixels (train with the same flag)"),
 ):
     """Prepare a dataset once: corrupted domains into the on-disk cache, FFCV .beton files per domain."""
     from fastmbr.pipelines.datasets import load_domains
-    from fastmbr.pipelines.prepare import beton_for, write_beton
+    from fastmbr.pipelines.prepare import beton_for, check_max_resolution, write_beton
 
     if fmt not in ("cache", "ffcv"):
         raise FastmbrError(f"unknown --format {fmt!r}; known: cache, ffcv")
+    if max_resolution is not None and fmt != "ffcv":
+        raise FastmbrError("--max-resolution applies to --format ffcv")
+    check_max_resolution(max_resolution)
     domains = load_domains(dataset, shift, data_dir, image_size=image_size)
     console.print(f"{dataset} — {domains.shift.label}: {json.dumps(domains.counts())}")
     if fmt == "ffcv":
         parts = {"train-A": domains.train, "val-A": domains.val, **{f"test-{k}": v for k, v in domains.test.items()}}
         for name, data in parts.items():
-            path = write_beton(data, out / f"{dataset}-{name}.beton") if out else beton_for(data)
+            if out:
+                path = write_beton(data, out / f"{dataset}-{name}.beton", max_resolution=max_resolution)
+            else:
+                path = beton_for(data, max_resolution=max_resolution)
             console.print(f"{name}: {path}")
 
 

@@ -24,6 +24,7 @@ class DataConfig:
     eval_batch_size: int = 256
     num_workers: int = 2
     skip_corrupt: bool = False  # image files that do not decode are left out and listed, not fatal
+    max_resolution: int | None = None  # ffcv: files stored in the .beton with their longer side at most this
 
 
 @dataclass

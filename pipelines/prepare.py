@@ -3,7 +3,9 @@
 In-memory images are stored exactly (an ``NDArrayField`` of uint8 ``[C, H, W]``, any channel count). Image
 files are stored as JPEG at quality 90 (``RGBImageField(write_mode="jpg")``, FFCV's ImageNet recipe), so the
 loader decodes with FFCV's JPEG decoder and an ImageNet-scale ``.beton`` stays near the size of the JPEG tree
-instead of the ~10× of raw pixels; the crop decoders work on either. Files are written to a temporary name and
+instead of the ~10× of raw pixels; the crop decoders work on either. ``max_resolution`` (FFCV's recipe uses
+256-512 for ImageNet) stores each file with its longer side at most that many pixels: a smaller ``.beton`` and
+less to decode per image, for crops taken at a lower resolution than the originals. Files are written to a temporary name and
 renamed, so an interrupted write never leaves a half ``.beton`` under the final name.
 """
 
@@ -97,10 +99,17 @@ def check_files_decode(data: ImageFiles, workers: int) -> None:
             pass
 
 
+def check_max_resolution(max_resolution: int | None) -> None:
+    if max_resolution is not None and max_resolution < 1:
+        raise FastmbrError(f"--max-resolution must be a positive number of pixels, not {max_resolution}")
+
+
 def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int = 2,
-                known_to_decode: bool = False) -> Path:
+                known_to_decode: bool = False, max_resolution: int | None = None) -> Path:
     """Write ``data`` to an FFCV ``.beton`` at ``path`` (atomically); image files are checked first, unless the
-    caller has just decoded every one of them (``known_to_decode``: one pass over ImageNet saved)."""
+    caller has just decoded every one of them (``known_to_decode``: one pass over ImageNet saved), and stored
+    with their longer side at most ``max_resolution`` (in-memory images are stored exactly)."""
+    check_max_resolution(max_resolution)
     ffcv = import_ffcv()
     if isinstance(data, ImageFiles):
         check_files_exist(data)
@@ -110,7 +119,8 @@ def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int =
         image_field = ffcv.fields.NDArrayField(np.dtype("uint8"), tuple(data.images.shape[1:]))
         source = _InMemory(data)
     else:
-        image_field = ffcv.fields.RGBImageField(write_mode="jpg", jpeg_quality=JPEG_QUALITY)
+        image_field = ffcv.fields.RGBImageField(write_mode="jpg", jpeg_quality=JPEG_QUALITY,
+                                                max_resolution=max_resolution)
         source = _Files(data)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,13 +138,19 @@ def write_beton(data: LabeledImages | ImageFiles, path: Path, num_workers: int =
     return path
 
 
-def beton_path(data: LabeledImages | ImageFiles) -> Path:
+def beton_path(data: LabeledImages | ImageFiles, max_resolution: int | None = None) -> Path:
     """Where the cached .beton of ``data`` lives (named by its content and, for files, their encoding)."""
-    kind = "memory" if isinstance(data, LabeledImages) else f"files-jpg{JPEG_QUALITY}"
+    if isinstance(data, LabeledImages):
+        kind = "memory"
+    else:
+        kind = f"files-jpg{JPEG_QUALITY}" + (f"-max{max_resolution}" if max_resolution is not None else "")
     return cache_dir() / "beton" / f"{kind}-{content_key(data)}.beton"
 
 
-def beton_for(data: LabeledImages | ImageFiles, num_workers: int = 2, known_to_decode: bool = False) -> Path:
+def beton_for(data: LabeledImages | ImageFiles, num_workers: int = 2, known_to_decode: bool = False,
+              max_resolution: int | None = None) -> Path:
     """The cached .beton of ``data``, written on first use."""
-    path = beton_path(data)
-    return path if path.is_file() else write_beton(data, path, num_workers, known_to_decode)
+    path = beton_path(data, max_resolution)
+    if path.is_file():
+        return path
+    return write_beton(data, path, num_workers, known_to_decode, max_resolution)

@@ -80,6 +80,11 @@ def test_loader_cases_time_every_file_backend_over_a_written_jpeg_tree(tmp_path,
         assert "error" not in alone and "error" not in fed, (alone, fed)
         assert alone["images/s"] > 0 and alone["images"] == 24 and "JPEG 71×54 → 32px" in alone["case"]
         assert fed["fed images/s"] > 0 and fed["fed / resident"] == fed["fed images/s"] / fed["resident images/s"]
+    capped = cases["loader ffcv max-res 37"]  # 256 px for 224 px crops, scaled to 32 px
+    if available["ffcv"]:
+        assert capped["images/s"] > 0 and capped["images"] == 24, capped
+    else:
+        assert "ffcv" in capped["error"]
     assert cases["loader tensor"]["images/s"] > 0
 
 

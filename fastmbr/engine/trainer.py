@@ -297,6 +297,7 @@ class Trainer:
             augment=d.augment if train else "none", image_size=size, device=self.device, seed=self.cfg.seed,
             num_shards=shards[0], shard_id=shards[1], num_workers=d.num_workers,
             channels_last=self.channels_last, backend=d.loader, skip_corrupt=d.skip_corrupt,
+            max_resolution=d.max_resolution,
         ))
 
     def note_unreadable(self, loader) -> None:

@@ -41,6 +41,11 @@ def check_config(cfg: LoaderConfig) -> None:
         raise FastmbrError(f"unknown augment {cfg.augment!r}; known: {', '.join(AUGMENTS)}")
     if cfg.batch_size < 1:
         raise FastmbrError(f"batch size must be at least 1, not {cfg.batch_size}")
+    if cfg.max_resolution is not None and cfg.backend != "ffcv":
+        raise FastmbrError(f"--max-resolution sizes the files an FFCV .beton stores: it needs --loader ffcv, "
+                           f"not {cfg.backend!r}")
+    if cfg.max_resolution is not None and cfg.max_resolution < 1:
+        raise FastmbrError(f"--max-resolution must be a positive number of pixels, not {cfg.max_resolution}")
     if not 0 <= cfg.shard_id < cfg.num_shards:
         raise FastmbrError(f"shard id {cfg.shard_id} outside 0..{cfg.num_shards - 1}")
     check_device(cfg.device)

@@ -32,3 +32,4 @@ class LoaderConfig:
     channels_last: bool = False
     backend: str = "auto"  # auto | dali | ffcv | nvjpeg | tensor | torch
     skip_corrupt: bool = False  # image files that do not decode are left out and listed in ``loader.skipped``
+    max_resolution: int | None = None  # ffcv: image files stored with their longer side at most this (None: as is)

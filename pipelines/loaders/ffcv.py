@@ -93,11 +93,12 @@ def check_beton_matches(path: Path, data: LabeledImages | ImageFiles) -> None:
                            f"for this data; delete it and the loader writes it again")
 
 
-def checked_beton(data: LabeledImages | ImageFiles, workers: int, known_to_decode: bool = False) -> Path:
+def checked_beton(data: LabeledImages | ImageFiles, workers: int, known_to_decode: bool = False,
+                  max_resolution: int | None = None) -> Path:
     """The dataset's ``.beton``: written (from files that decode) on first use, checked against the data."""
     if isinstance(data, ImageFiles):
         check_files_exist(data)
-    path = beton_for(data, num_workers=workers, known_to_decode=known_to_decode)
+    path = beton_for(data, num_workers=workers, known_to_decode=known_to_decode, max_resolution=max_resolution)
     check_beton_matches(path, data)
     return path
 
@@ -127,7 +128,8 @@ class FfcvLoader:
             data, self.skipped = decodable_part(data, workers=max(1, cfg.num_workers))
         self.cfg, self.n = cfg, len(data)
         self.device = torch.device(cfg.device)
-        self.path = checked_beton(data, workers=max(1, cfg.num_workers), known_to_decode=sorted_out)
+        self.path = checked_beton(data, workers=max(1, cfg.num_workers), known_to_decode=sorted_out,
+                                  max_resolution=cfg.max_resolution)
         self.epoch, self.start_batch = 0, 0
         self.schedule, self._ffcv = EpochOrder(), None
 
