@@ -207,13 +207,28 @@ class Domains:
         }
 
 
+def check_same_classes(train: LabeledImages | ImageFiles, test: LabeledImages | ImageFiles, dataset: str,
+                       split: str) -> None:
+    """Labels are positions in the class list, so two splits naming different classes (a class folder missing
+    from one) would pair every later label with the wrong class, silently."""
+    if train.classes == test.classes:
+        return
+    only_train = [c for c in train.classes if c not in set(test.classes)]
+    only_test = [c for c in test.classes if c not in set(train.classes)]
+    differ = "; ".join(f"only in {name}: {', '.join(names[:3])}{' …' if len(names) > 3 else ''}"
+                       for name, names in (("train", only_train), (split, only_test)) if names)
+    raise FastmbrError(f"dataset {dataset!r}: train has {len(train.classes)} classes and {split} "
+                       f"{len(test.classes)}, named differently ({differ or 'in another order'}); "
+                       f"both splits need the same class folders")
+
+
 def _train_test(info: DatasetInfo, data_dir, seed: int, notes: list[str], skip_corrupt: bool):
-    if "train" in info.splits and "test" in info.splits:
-        return (load_split(info.name, "train", data_dir, skip_corrupt),
-                load_split(info.name, "test", data_dir, skip_corrupt))
-    if info.splits == ("train", "val"):
-        return (load_split(info.name, "train", data_dir, skip_corrupt),
-                load_split(info.name, "val", data_dir, skip_corrupt))
+    if "train" in info.splits and ("test" in info.splits or "val" in info.splits):
+        split = "test" if "test" in info.splits else "val"
+        train = load_split(info.name, "train", data_dir, skip_corrupt)
+        test = load_split(info.name, split, data_dir, skip_corrupt)
+        check_same_classes(train, test, info.name, split)
+        return train, test
     only = info.splits[0]
     data = load_split(info.name, only, data_dir, skip_corrupt)
     rest, carved = deterministic_split(len(data), 0.2, seed=0)

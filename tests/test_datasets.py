@@ -77,6 +77,26 @@ def test_missing_data_folders_are_errors(tmp_path):
         load_domains("gtsrb", "brightness", tmp_path)
 
 
+@pytest.mark.parametrize("val_classes,named", [(("c0", "c2"), "only in train: c1; only in val: c2"),
+                                               (("c0",), "train has 2 classes and val 1")])
+def test_splits_naming_different_classes_are_refused_before_labels_go_wrong(tmp_path, val_classes, named):
+    """A class folder missing from one split would shift every later label by one, silently."""
+    from PIL import Image
+
+    for split, classes in (("train", ("c0", "c1")), ("val", val_classes)):
+        for c in classes:
+            (tmp_path / split / c).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / c / "0.png")
+    with pytest.raises(FastmbrError, match=named) as err:
+        load_domains("folder", None, tmp_path)
+    assert "\n" not in str(err.value)
+    for c in set(val_classes) - {"c0"}:
+        (tmp_path / "val" / c / "0.png").rename(tmp_path / "val" / "c0" / f"{c}.png")
+        (tmp_path / "val" / c).rmdir()
+    (tmp_path / "val" / "c1").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "c1" / "0.png")
+    assert load_domains("folder", None, tmp_path).test["A"].classes == ["c0", "c1"]
+
 def test_prepare_keeps_cure_tsr_challenge_fields():
     import torch
 
