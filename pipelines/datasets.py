@@ -64,7 +64,8 @@ DATASETS: dict[str, DatasetInfo] = {
                     ("none", "corruption"), "none", in_memory=False,
                     description="Imagenette JPEG folder (decoded by the loader; into memory for a corruption)"),
         DatasetInfo("imagenet", f"{_R}.imagefolder:read_files", "imagenet", 1000, 224, ("train", "val"),
-                    ("none",), "none", in_memory=False, description="ImageNet ImageFolder tree"),
+                    ("none",), "none", in_memory=False,
+                    description="ImageNet ImageFolder tree (a flat val: labelled by Kaggle's LOC_val_solution.csv)"),
         DatasetInfo("folder", f"{_R}.imagefolder:read_files", "", 0, 224, ("train", "val"), ("none", "corruption"),
                     "none", in_memory=False, description="any ImageFolder tree (--data-dir points at it)"),
     )

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.datasets import load_domains
 from fastmbr.pipelines.readers import cure_tsr, imagefolder, svhn, usps
 
 from conftest import REAL_DATA as DATA  # noqa: E402
@@ -266,6 +267,52 @@ def test_empty_and_missing_folders(tmp_path):
     with pytest.raises(FastmbrError, match="empty_class"):
         imagefolder.read_files(tmp_path, "train")
 
+
+def write_kaggle_imagenet(root: Path, val_wnids: list[str], train_wnids=("n01", "n02", "n03")) -> Path:
+    """Kaggle's layout: ``ILSVRC/Data/CLS-LOC/{train/<wnid>/, val/ flat}`` and ``LOC_val_solution.csv`` on top;
+    returns the CLS-LOC folder."""
+    top = root / "ILSVRC" / "Data" / "CLS-LOC"
+    for wnid in train_wnids:
+        (top / "train" / wnid).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(top / "train" / wnid / f"{wnid}_1.JPEG")
+    (top / "val").mkdir(parents=True)
+    rows = ["ImageId,PredictionString"]
+    for i, wnid in enumerate(val_wnids):
+        image_id = f"ILSVRC2012_val_{i + 1:08d}"
+        Image.new("RGB", (8, 8)).save(top / "val" / f"{image_id}.JPEG")
+        rows.append(f"{image_id},{wnid} 1 2 7 7 {wnid} 0 0 5 5")
+    (root / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
+    return top
+
+
+def test_a_flat_val_folder_is_labelled_by_kaggles_solution_file_with_the_train_classes(tmp_path):
+    top = write_kaggle_imagenet(tmp_path, ["n03", "n01", "n03", "n02"])
+    val = imagefolder.read_files(top, "val")
+    assert [p.name for p in val.paths] == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in range(1, 5)]
+    assert val.classes == ["n01", "n02", "n03"] and val.labels.tolist() == [2, 0, 2, 1]
+    assert imagefolder.read(top, "val").labels.tolist() == [2, 0, 2, 1]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "imagenet").symlink_to(top)
+    domains = load_domains("imagenet", None, data)
+    assert domains.test["A"].labels.tolist() == [2, 0, 2, 1] and domains.train.classes == val.classes
+
+
+def test_a_flat_val_folder_without_labels_or_with_foreign_ones_is_named(tmp_path):
+    top = write_kaggle_imagenet(tmp_path, ["n01", "n09"])
+    with pytest.raises(FastmbrError, match="ILSVRC2012_val_00000002.JPEG: labelled n09") as err:
+        imagefolder.read_files(top, "val")
+    assert "\n" not in str(err.value)
+    Image.new("RGB", (8, 8)).save(top / "val" / "stray.JPEG")
+    (tmp_path / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nILSVRC2012_val_00000001,n01 1 2 3 4\n")
+    with pytest.raises(FastmbrError, match="ILSVRC2012_val_00000002.JPEG: not listed in"):
+        imagefolder.read_files(top, "val")
+    (tmp_path / "LOC_val_solution.csv").write_text("id,label\n")
+    with pytest.raises(FastmbrError, match="expected the header ImageId,PredictionString"):
+        imagefolder.read_files(top, "val")
+    (tmp_path / "LOC_val_solution.csv").unlink()
+    with pytest.raises(FastmbrError, match="lie flat, with no class folders and no LOC_val_solution.csv"):
+        imagefolder.read_files(top, "val")
 
 @pytest.mark.parametrize("bad_index", [0, 3])  # 0: the image that would size the output
 def test_read_with_skip_corrupt_leaves_out_what_does_not_decode_and_keeps_labels_aligned(tmp_path, bad_index):

@@ -2,10 +2,15 @@
 
 Class folders sort into label order (``0``…``9``, ``00000``…``00042``, wnids). Every image is converted to RGB,
 because real trees mix colour and greyscale JPEGs (Tiny-ImageNet holds 168 ``L`` images among 10,000).
+
+A split folder holding its images flat, as ImageNet's ``val`` of Kaggle's download does, is labelled by the
+``LOC_<split>_solution.csv`` found beside it or up to four folders above (``ImageId,PredictionString``, the
+wnid first in each prediction), with the class folders of the ``train`` split beside it as the class list.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,6 +81,59 @@ def split_folder(root: Path, split: str, accept_root: bool = False) -> Path:
         return root
     present = ", ".join(e.name for e in _subfolders(root)) or "nothing"
     raise FastmbrError(f"{root}: no split folder {split!r} (found: {present})")
+
+
+def solution_file(folder: Path, split: str) -> Path | None:
+    """Kaggle's ImageNet labels for a flat split folder: ``LOC_<split>_solution.csv`` beside it or above it."""
+    name = f"LOC_{split}_solution.csv"
+    return next((place / name for place in (folder, *folder.parents[:4]) if (place / name).is_file()), None)
+
+
+def read_solution(path: Path) -> dict[str, str]:
+    """Image id → wnid from a ``LOC_*_solution.csv`` (``ImageId,PredictionString``, the wnid first)."""
+    with open(path, newline="") as f:
+        rows = csv.reader(f)
+        if next(rows, None) != ["ImageId", "PredictionString"]:
+            raise FastmbrError(f"{path}: expected the header ImageId,PredictionString (Kaggle's ImageNet labels)")
+        wnids = {}
+        for line, row in enumerate(rows, start=2):
+            if len(row) != 2 or not row[1].split():
+                raise FastmbrError(f"{path}, line {line}: expected ImageId,<wnid> ..., got {','.join(row)!r}")
+            wnids[row[0]] = row[1].split()[0]
+    return wnids
+
+
+def list_flat(folder: Path, solution: Path) -> tuple[list[Path], torch.Tensor, list[str]]:
+    """A flat split folder labelled by ``solution``; the classes are the train split's class folders when it
+    stands beside this one (so the labels are the training labels), else the wnids the solution names."""
+    wnids = read_solution(solution)
+    names = _image_names(str(folder))
+    unlisted = next((n for n in names if os.path.splitext(n)[0] not in wnids), None)
+    if unlisted is not None:
+        raise FastmbrError(f"{folder / unlisted}: not listed in {solution}")
+    wnid_of = [wnids[os.path.splitext(n)[0]] for n in names]
+    train = folder.parent / "train"
+    classes = [e.name for e in _subfolders(train)] if train.is_dir() and train != folder else []
+    classes = classes or sorted(set(wnid_of))
+    index = {c: i for i, c in enumerate(classes)}
+    foreign = next((i for i, wnid in enumerate(wnid_of) if wnid not in index), None)
+    if foreign is not None:
+        raise FastmbrError(f"{folder / names[foreign]}: labelled {wnid_of[foreign]} in {solution}, a class "
+                           f"{train} has no folder for")
+    labels = torch.tensor([index[wnid] for wnid in wnid_of], dtype=torch.int64)
+    return [folder / n for n in names], labels, classes
+
+
+def list_split(folder: Path, split: str) -> tuple[list[Path], torch.Tensor, list[str]]:
+    """Paths, labels and class names of one split folder: class folders, or flat images with Kaggle's labels."""
+    if not _subfolders(folder) and _image_names(str(folder)):
+        solution = solution_file(folder, split)
+        if solution is None:
+            raise FastmbrError(f"{folder}: its images lie flat, with no class folders and no "
+                               f"LOC_{split}_solution.csv beside or above it to label them "
+                               f"(expected {folder}/<class>/<image>)")
+        return list_flat(folder, solution)
+    return list_tree(folder)
 
 
 def list_tree(folder: Path) -> tuple[list[Path], torch.Tensor, list[str]]:
@@ -168,7 +226,7 @@ def decode_labelled(paths: list[Path], labels: torch.Tensor, classes: list[str],
 def read(root: Path, split: str, skip_corrupt: bool = False) -> LabeledImages:
     """Decode ``<root>/<split>/<class>/*`` into memory as uint8 RGB ``[N, 3, H, W]``."""
     folder = split_folder(root, split)
-    paths, labels, classes = list_tree(folder)
+    paths, labels, classes = list_split(folder, split)
     return decode_labelled(paths, labels, classes, str(folder), skip_corrupt=skip_corrupt)
 
 
@@ -184,5 +242,5 @@ def decode_files(files: ImageFiles, size: int, skip_corrupt: bool = False) -> La
 def read_files(root: Path, split: str) -> ImageFiles:
     """List ``<root>/<split>/<class>/*`` (or ``root`` itself when it is the split folder) without decoding."""
     folder = split_folder(root, split, accept_root=True)
-    paths, labels, classes = list_tree(folder)
+    paths, labels, classes = list_split(folder, split)
     return ImageFiles(paths, labels, classes, source=str(folder), meta={"split": split})
