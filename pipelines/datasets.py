@@ -35,6 +35,9 @@ class DatasetInfo:
     default_shift: str
     in_memory: bool = True
     description: str = ""
+    # a folder beside the dataset's holding pre-rendered corruptions <corruption>/<severity>/<class>/<image> (as
+    # ImageNet-C is published): domain B of a corruption shift is read from there, never rendered in memory
+    prerendered: str = ""
 
 
 _R = "fastmbr.pipelines.readers"
@@ -64,8 +67,9 @@ DATASETS: dict[str, DatasetInfo] = {
                     ("none", "corruption"), "none", in_memory=False,
                     description="Imagenette JPEG folder (decoded by the loader; into memory for a corruption)"),
         DatasetInfo("imagenet", f"{_R}.imagefolder:read_files", "imagenet", 1000, 224, ("train", "val"),
-                    ("none",), "none", in_memory=False,
-                    description="ImageNet ImageFolder tree (a flat val: labelled by Kaggle's LOC_val_solution.csv)"),
+                    ("none", "corruption"), "none", in_memory=False, prerendered="imagenet-c",
+                    description="ImageNet ImageFolder tree (a flat val: labelled by Kaggle's LOC_val_solution.csv; "
+                                "corruptions: ImageNet-C's folders in imagenet-c/ beside it)"),
         DatasetInfo("folder", f"{_R}.imagefolder:read_files", "", 0, 224, ("train", "val"), ("none", "corruption"),
                     "none", in_memory=False, description="any ImageFolder tree (--data-dir points at it)"),
     )
@@ -277,6 +281,24 @@ def decoded_for_shift(data: ImageFiles, size: int, shift: str, notes: list[str],
     return decode_files(data, size, skip_corrupt)
 
 
+def prerendered_corruption(info: DatasetInfo, data_dir, spec: ShiftSpec, train: ImageFiles) -> ImageFiles:
+    """Domain B of a corruption shift as published files (ImageNet-C's ``<corruption>/<severity>/<wnid>/``): the
+    benchmark's own renderings, already cut to ImageNet's evaluation view (so the loader crops nothing again)."""
+    from fastmbr.pipelines.corruptions import parse_corruption
+    from fastmbr.pipelines.readers.imagefolder import list_tree
+
+    name, severity = parse_corruption(spec.b)
+    base = dataset_root(info, data_dir).parent / info.prerendered
+    folder = base / name / str(severity)
+    if not folder.is_dir():
+        raise FastmbrError(f"{info.name} {spec.label}: {folder} is missing ({info.name} is too large to corrupt in "
+                           f"memory; domain B comes from {base}/<corruption>/<severity>/<class>/, ImageNet-C's layout)")
+    paths, labels, classes = list_tree(folder)
+    rendered = ImageFiles(paths, labels, classes, source=str(folder), center_crop=1.0)
+    check_same_classes(train, rendered, info.name, str(folder))
+    return rendered
+
+
 def unreadable_note(paths: list[str]) -> str:
     """The one line that reports image files left out because they do not decode (``--skip-corrupt``)."""
     more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
@@ -346,21 +368,30 @@ def load_domains(
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
     train, test = _train_test(info, data_dir, seed, notes, skip_corrupt)
+    if info.prerendered and also is not None and "corruption" in also.kinds:
+        raise FastmbrError(f"--train-also {train_also}: {info.name}'s corruptions are pre-rendered for its "
+                           f"{test.meta.get('split', 'test')} split only, none are labelled for training")
+    rendered = None
+    if info.prerendered and spec.kind == "corruption":
+        rendered = prerendered_corruption(info, data_dir, spec, train)
+        notes.append(f"domain B ({spec.b}): {len(rendered)} pre-rendered images from {rendered.source}")
     if classes:
         keep = parse_classes(classes, len(train.classes))
         notes.append(f"classes {classes}: {len(keep)} of {len(train.classes)} kept, relabelled 0-{len(keep) - 1}")
         train, test = select_classes(train, keep), select_classes(test, keep)
+        rendered = None if rendered is None else select_classes(rendered, keep)
     if test_only:
         train = train.subset(torch.zeros(0, dtype=torch.long))
     size = image_size or info.image_size
     pixel_shift = train_also if also is not None else (spec.label if spec.kind != "none" else None)
-    if isinstance(train, ImageFiles) and pixel_shift:
+    if isinstance(train, ImageFiles) and pixel_shift and rendered is None:
         train, test = (decoded_for_shift(d, size, pixel_shift, notes, skip_corrupt) for d in (train, test))
     unreadable = left_out(None if test_only else train, test, notes)
     if isinstance(train, ImageFiles):
         train = limited(train, limit, seed, notes)
         rest, carved = frame_split(train, val_fraction, seed)
-        return Domains(info, spec, train.subset(rest), train.subset(carved), {"A": test}, notes=notes,
+        test_domains = {"A": test} if rendered is None else {"A": test, "B": rendered}
+        return Domains(info, spec, train.subset(rest), train.subset(carved), test_domains, notes=notes,
                        unreadable=unreadable)
     test = prepare(test, size)
     test_domains = split_domains(test, spec, name, seed=seed + 2, thresholds=thresholds)

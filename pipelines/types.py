@@ -58,17 +58,22 @@ def concat_images(parts: list[LabeledImages], source: str) -> LabeledImages:
 
 @dataclass
 class ImageFiles:
-    """Images left on disk (ImageNet-scale trees): paths and int64 labels, decoded by the loader."""
+    """Images left on disk (ImageNet-scale trees): paths and int64 labels, decoded by the loader.
+
+    ``center_crop``: the evaluation view these files want, as the centred crop's fraction of the shorter side;
+    None for the loader's (ImageNet's 224/256), 1.0 for files already cut to that view (ImageNet-C's)."""
 
     paths: list[Path]
     labels: torch.Tensor
     classes: list[str]
     source: str = ""
     meta: dict = field(default_factory=dict)
+    center_crop: float | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, index: torch.Tensor) -> "ImageFiles":
         idx = index.tolist()
-        return ImageFiles([self.paths[i] for i in idx], self.labels[index], self.classes, self.source, self.meta)
+        return ImageFiles([self.paths[i] for i in idx], self.labels[index], self.classes, self.source, self.meta,
+                          self.center_crop)

@@ -432,6 +432,32 @@ def test_max_resolution_is_refused_where_it_would_do_nothing(tree, backend, cap,
         make(tree, backend, "files", max_resolution=cap)
 
 
+@pytest.mark.parametrize("backend,tolerance", [
+    ("torch", 0.0), ("nvjpeg", 0.0), pytest.param("dali", 0.01, marks=needs_dali),
+    pytest.param("ffcv", 0.03, marks=needs_ffcv)])
+def test_center_crop_one_reads_images_already_cut_to_the_view_as_they_are(tmp_path, backend, tolerance):
+    """ImageNet-C is published at ImageNet's evaluation view (short side 256, centred 224): cropping it again at
+    224/256 would zoom domain B against A. With ``center_crop=1`` a file at the image size comes back whole; at
+    the default it is the zoomed centre."""
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "val" / "c0"
+    folder.mkdir(parents=True)
+    pixels = []
+    for i in range(3):
+        smooth = F.interpolate(torch.from_numpy(rng.random((1, 3, 3, 3), dtype=np.float32)), size=(16, 16),
+                               mode="bicubic", align_corners=False).clamp(0, 1)[0]
+        pixels.append((smooth * 255).round().byte())
+        Image.fromarray(pixels[-1].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    whole = torch.stack(pixels).float() / 255
+    files = read_files(tmp_path, "val")
+    workers = 0 if backend in ("torch", "nvjpeg") else 1
+    settings = dict(batch_size=3, shuffle=False, image_size=16, backend=backend, num_workers=workers)
+    uncut, default = (torch.cat([x for x, _ in epoch(build_loader(files, LoaderConfig(**settings, **crop)))])
+                      for crop in ({"center_crop": 1.0}, {}))
+    assert (uncut - whole).abs().mean() <= tolerance
+    assert (default - whole).abs().mean() > tolerance + 0.01  # the 14/16 centre, resized back up to 16
+
+
 @needs_dali
 @pytest.mark.parametrize("operator", ["image", "image_random_crop"])
 def test_the_gpu_only_nvjpeg_buffer_sizes_are_arguments_dali_accepts(tmp_path, operator):

@@ -53,6 +53,7 @@ from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
 from fastmbr.pipelines.datasets import Domains, load_domains, unreadable_note
 from fastmbr.pipelines.loaders import LoaderConfig, build_loader
+from fastmbr.pipelines.loaders.config import CENTER_CROP
 from fastmbr.pipelines.types import LabeledImages
 from fastmbr.variation.resolve import compile_variation, freeze, variation_from_specs
 
@@ -297,7 +298,7 @@ class Trainer:
             augment=d.augment if train else "none", image_size=size, device=self.device, seed=self.cfg.seed,
             num_shards=shards[0], shard_id=shards[1], num_workers=d.num_workers,
             channels_last=self.channels_last, backend=d.loader, skip_corrupt=d.skip_corrupt,
-            max_resolution=d.max_resolution,
+            max_resolution=d.max_resolution, center_crop=getattr(data, "center_crop", None) or CENTER_CROP,
         ))
 
     def note_unreadable(self, loader) -> None:

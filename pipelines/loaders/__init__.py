@@ -46,6 +46,8 @@ def check_config(cfg: LoaderConfig) -> None:
                            f"not {cfg.backend!r}")
     if cfg.max_resolution is not None and cfg.max_resolution < 1:
         raise FastmbrError(f"--max-resolution must be a positive number of pixels, not {cfg.max_resolution}")
+    if not 0 < cfg.center_crop <= 1:
+        raise FastmbrError(f"centre crop {cfg.center_crop}: the crop's side is a fraction (0, 1] of the shorter side")
     if not 0 <= cfg.shard_id < cfg.num_shards:
         raise FastmbrError(f"shard id {cfg.shard_id} outside 0..{cfg.num_shards - 1}")
     check_device(cfg.device)

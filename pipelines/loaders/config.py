@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import torch
 
 AUGMENTS = ("none", "crop", "crop-flip", "rrc-flip")
+# ImageNet's evaluation view: the shorter side resized to size·256/224, the centred size×size crop. Images already
+# cut to that view (ImageNet-C's) take 1.0: resized to size, nothing cropped again.
+CENTER_CROP = 224 / 256
 
 
 @dataclass
@@ -32,4 +35,5 @@ class LoaderConfig:
     channels_last: bool = False
     backend: str = "auto"  # auto | dali | ffcv | nvjpeg | tensor | torch
     skip_corrupt: bool = False  # image files that do not decode are left out and listed in ``loader.skipped``
+    center_crop: float = CENTER_CROP  # augment none, image files: the centred crop's side / the shorter side
     max_resolution: int | None = None  # ffcv: image files stored with their longer side at most this (None: as is)

@@ -20,7 +20,6 @@ from fastmbr.pipelines.loaders.tensor import epoch_order, shard_order
 from fastmbr.pipelines.types import ImageFiles
 
 AUGMENTS = ("none", "rrc-flip")
-EVAL_RESIZE = 256 / 224
 PREFETCH = 2
 RRC_AREA, RRC_ASPECT = [0.08, 1.0], [3 / 4, 4 / 3]  # random-resized-crop's (Szegedy et al.), as the other loaders
 # nvJPEG's buffers sized up front for ImageNet-sized JPEGs (NVIDIA's ResNet-50 DALI pipeline), so the first
@@ -70,7 +69,7 @@ def build_pipeline(files: list[str], labels: list[int], cfg: LoaderConfig, seed:
             mirror = fn.random.coin_flip(probability=0.5)
         else:
             images = fn.decoders.image(encoded, **decoding)
-            images = fn.resize(images, resize_shorter=int(size * EVAL_RESIZE))
+            images = fn.resize(images, resize_shorter=int(size / cfg.center_crop))
             mirror = 0
         images = fn.crop_mirror_normalize(images, crop=(size, size), mirror=mirror, dtype=types.FLOAT,
                                           output_layout="CHW", mean=[0.0], std=[255.0])

@@ -30,7 +30,6 @@ from fastmbr.pipelines.loaders.tensor import epoch_order, shard_order
 from fastmbr.pipelines.prepare import beton_for, beton_path, check_files_exist, import_ffcv
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
-EVAL_RATIO = 224 / 256
 
 
 def ffcv_available() -> bool:
@@ -51,7 +50,7 @@ def image_pipeline(cfg: LoaderConfig, in_memory: bool, device: torch.device) -> 
     if cfg.augment == "rrc-flip":
         head = [RandomResizedCropRGBImageDecoder(size), RandomHorizontalFlip()]
     else:
-        head = [CenterCropRGBImageDecoder(size, ratio=EVAL_RATIO)]
+        head = [CenterCropRGBImageDecoder(size, ratio=cfg.center_crop)]
     return head + [ToTensor(), ToDevice(device), ToTorchImage(channels_last=False)]
 
 

@@ -125,7 +125,7 @@ class NvjpegLoader:
         size = self.cfg.image_size
         if self.cfg.augment == "rrc-flip":
             return maybe_flip(random_resized_crop(image, size, generator), generator)
-        return resize_center_crop(image, size)
+        return resize_center_crop(image, size, self.cfg.center_crop)
 
     def _batch(self, encoded: list, keys: list) -> tuple[torch.Tensor, torch.Tensor] | None:
         paths = [self.data.paths[index] for index, _, _ in keys]

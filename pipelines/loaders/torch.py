@@ -14,13 +14,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fastmbr.errors import FastmbrError
-from fastmbr.pipelines.loaders.config import LoaderConfig
+from fastmbr.pipelines.loaders.config import CENTER_CROP, LoaderConfig
 from fastmbr.pipelines.loaders.tensor import epoch_order, shard_order
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
-EVAL_RESIZE = 256 / 224  # the ImageNet convention: resize the short side to size·256/224, then centre-crop
 
 
 def sample_generator(seed: int, epoch: int, position: int) -> torch.Generator:
@@ -64,10 +63,11 @@ def random_resized_crop(image: torch.Tensor, size: int, generator: torch.Generat
     return resize(image[:, top : top + h, left : left + w], size, size)
 
 
-def resize_center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Short side to ``size·256/224`` (aspect kept), then the centred ``size``×``size`` crop."""
+def resize_center_crop(image: torch.Tensor, size: int, center_crop: float = CENTER_CROP) -> torch.Tensor:
+    """Short side to ``size / center_crop`` (aspect kept; ImageNet's size·256/224), then the centred
+    ``size``×``size`` crop."""
     height, width = image.shape[-2:]
-    short = int(size * EVAL_RESIZE)
+    short = int(size / center_crop)
     scale = short / min(height, width)
     image = resize(image, max(short, round(height * scale)), max(short, round(width * scale)))
     top, left = (image.shape[-2] - size) // 2, (image.shape[-1] - size) // 2
@@ -108,7 +108,9 @@ class Samples(Dataset):
             image = self.data.images[index]
             return random_resized_crop(image, image.shape[-1], generator) if augment == "rrc-flip" else image
         image = decode_file(self.data.paths[index])
-        return random_resized_crop(image, size, generator) if augment == "rrc-flip" else resize_center_crop(image, size)
+        if augment == "rrc-flip":
+            return random_resized_crop(image, size, generator)
+        return resize_center_crop(image, size, self.cfg.center_crop)
 
     def __getitem__(self, key: tuple[int, int, int]):
         """``(image, label, None)``, or ``(None, None, path)`` for a file that does not decode under skip_corrupt."""

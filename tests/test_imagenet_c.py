@@ -1,0 +1,87 @@
+"""ImageNet-C as published: domain B of ``corruption:NAME-S`` on ImageNet is read from ``imagenet-c/NAME/S/<wnid>/``
+beside the ImageNet tree (never rendered in memory), and scored at the view it was rendered at.
+
+The trees are generated: tiny PNGs in ImageNet's layout, each class its own grey level so labels can be read back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from fastmbr.errors import FastmbrError
+from fastmbr.pipelines.datasets import load_domains
+
+WNIDS = ("n01440764", "n01443537", "n01484850")
+
+
+def write_class_tree(folder: Path, per_class: int, wnids=WNIDS, side: int = 20) -> None:
+    for label, wnid in enumerate(wnids):
+        (folder / wnid).mkdir(parents=True)
+        for i in range(per_class):
+            Image.new("RGB", (side, side), (60 * label + 20, 10 * i, 0)).save(folder / wnid / f"{wnid}_{i}.png")
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """``imagenet/{train,val}/<wnid>/`` and ``imagenet-c/{snow/3, fog/1}/<wnid>/`` (ImageNet-C is 224 px)."""
+    write_class_tree(tmp_path / "imagenet" / "train", 6, side=24)
+    write_class_tree(tmp_path / "imagenet" / "val", 2, side=24)
+    for name, severity in (("snow", 3), ("fog", 1)):
+        write_class_tree(tmp_path / "imagenet-c" / name / str(severity), 2)
+    return tmp_path
+
+
+def test_corruption_b_is_the_prerendered_folder_with_the_training_labels(data_dir):
+    d = load_domains("imagenet", "corruption:snow-3", data_dir)
+    b = d.test["B"]
+    assert Path(b.source) == data_dir / "imagenet-c" / "snow" / "3" and b.center_crop == 1.0
+    assert b.classes == d.train.classes == list(WNIDS)
+    assert [p.parent.name for p in b.paths] == [WNIDS[i] for i in b.labels.tolist()] and len(b) == 6
+    assert d.test["A"].center_crop is None and len(d.test["A"]) == 6
+    assert any("pre-rendered" in note for note in d.notes)
+    kept = load_domains("imagenet", "corruption:fog-1", data_dir, classes="1-2").test["B"]
+    assert kept.classes == list(WNIDS[1:]) and sorted(set(kept.labels.tolist())) == [0, 1]
+
+
+def test_missing_renderings_foreign_classes_and_train_also_are_named(data_dir):
+    with pytest.raises(FastmbrError, match=r"imagenet-c/snow/5 is missing") as err:
+        load_domains("imagenet", "corruption:snow-5", data_dir)
+    assert "\n" not in str(err.value)
+    (data_dir / "imagenet-c" / "fog" / "1" / WNIDS[2]).rename(data_dir / "imagenet-c" / "fog" / "1" / "n09999999")
+    with pytest.raises(FastmbrError, match="only in train: n01484850; only in .*fog/1: n09999999"):
+        load_domains("imagenet", "corruption:fog-1", data_dir)
+    with pytest.raises(FastmbrError, match="pre-rendered for its val split only"):
+        load_domains("imagenet", "none", data_dir, train_also="corruption:snow-3")
+    with pytest.raises(FastmbrError, match="unknown corruption 'sno'"):
+        load_domains("imagenet", "corruption:sno-3", data_dir)
+
+
+def test_a_trained_classifier_is_scored_on_imagenet_c_at_its_own_view(data_dir, tmp_path, monkeypatch, capsys):
+    """Train on the clean tree, then ``fastmbr eval --shift corruption:S``: B is read uncropped (ImageNet-C is
+    already ImageNet's centred 224/256 crop), A at ImageNet's view."""
+    from fastmbr.cli import main
+    from fastmbr.engine import trainer
+
+    seen = {}
+
+    def recording(data, cfg):
+        seen[Path(data.source).relative_to(data_dir).as_posix()] = cfg.center_crop
+        return build(data, cfg)
+
+    build = trainer.build_loader
+    monkeypatch.setattr(trainer, "build_loader", recording)
+    run = tmp_path / "run"
+    main(["train", "imagenet", "--data-dir", str(data_dir), "--arch", "cnn", "--optimizer", "adadelta", "--lr", "1",
+          "--epochs", "1", "--image-size", "16", "--batch-size", "6", "--device", "cpu", "--no-progress",
+          "--loader", "torch", "--out", str(run)])
+    seen.clear()
+    capsys.readouterr()
+    main(["eval", str(run), "--shift", "corruption:snow-3", "--json"])
+    scores = json.loads(capsys.readouterr().out)
+    assert sorted(scores) == ["A", "B"] and scores["B"]["n"] == 6 and 0 <= scores["B"]["top1"] <= 100
+    assert seen == {"imagenet/val": pytest.approx(224 / 256), "imagenet-c/snow/3": 1.0}
