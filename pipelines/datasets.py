@@ -299,6 +299,21 @@ def prerendered_corruption(info: DatasetInfo, data_dir, spec: ShiftSpec, train: 
     return rendered
 
 
+def prerendered_domain(info: DatasetInfo, data_dir, spec: ShiftSpec, also: ShiftSpec | None, train,
+                       notes: list[str]) -> ImageFiles | None:
+    """Domain B from the dataset's pre-rendered corruptions, when it has them and ``spec`` is a corruption."""
+    if not info.prerendered:
+        return None
+    if also is not None and "corruption" in also.kinds:
+        raise FastmbrError(f"--train-also corruption:{also.b}: {info.name}'s corruptions are pre-rendered for its "
+                           f"evaluation split only, none are labelled for training")
+    if spec.kind != "corruption":
+        return None
+    rendered = prerendered_corruption(info, data_dir, spec, train)
+    notes.append(f"domain B ({spec.b}): {len(rendered)} pre-rendered images from {rendered.source}")
+    return rendered
+
+
 def unreadable_note(paths: list[str]) -> str:
     """The one line that reports image files left out because they do not decode (``--skip-corrupt``)."""
     more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""
@@ -368,13 +383,7 @@ def load_domains(
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
     train, test = _train_test(info, data_dir, seed, notes, skip_corrupt)
-    if info.prerendered and also is not None and "corruption" in also.kinds:
-        raise FastmbrError(f"--train-also {train_also}: {info.name}'s corruptions are pre-rendered for its "
-                           f"{test.meta.get('split', 'test')} split only, none are labelled for training")
-    rendered = None
-    if info.prerendered and spec.kind == "corruption":
-        rendered = prerendered_corruption(info, data_dir, spec, train)
-        notes.append(f"domain B ({spec.b}): {len(rendered)} pre-rendered images from {rendered.source}")
+    rendered = prerendered_domain(info, data_dir, spec, also, train, notes)
     if classes:
         keep = parse_classes(classes, len(train.classes))
         notes.append(f"classes {classes}: {len(keep)} of {len(train.classes)} kept, relabelled 0-{len(keep) - 1}")

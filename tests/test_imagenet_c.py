@@ -55,7 +55,7 @@ def test_missing_renderings_foreign_classes_and_train_also_are_named(data_dir):
     (data_dir / "imagenet-c" / "fog" / "1" / WNIDS[2]).rename(data_dir / "imagenet-c" / "fog" / "1" / "n09999999")
     with pytest.raises(FastmbrError, match="only in train: n01484850; only in .*fog/1: n09999999"):
         load_domains("imagenet", "corruption:fog-1", data_dir)
-    with pytest.raises(FastmbrError, match="pre-rendered for its val split only"):
+    with pytest.raises(FastmbrError, match="pre-rendered for its evaluation split only"):
         load_domains("imagenet", "none", data_dir, train_also="corruption:snow-3")
     with pytest.raises(FastmbrError, match="unknown corruption 'sno'"):
         load_domains("imagenet", "corruption:sno-3", data_dir)
