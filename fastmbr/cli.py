@@ -127,7 +127,8 @@ def train(
 def eval_command(
     run_dir: Path = typer.Argument(..., help="a run folder written by fastmbr train"),
     dataset: Optional[str] = typer.Option(None, help="evaluate on another dataset (transfer)"),
-    shift: Optional[str] = typer.Option(None),
+    shift: list[str] = typer.Option([], help="the shift (default: as trained); repeat for several, or "
+                                              "corruption:all for every corruption and severity"),
     data_dir: Optional[str] = typer.Option(None),
     device: str = typer.Option("auto"),
     skip_corrupt: Optional[bool] = typer.Option(None, "--skip-corrupt/--no-skip-corrupt",
@@ -135,11 +136,14 @@ def eval_command(
                                                      "run was trained)"),
     as_json: bool = typer.Option(False, "--json"),
 ):
-    """Top-1/top-5 of a trained classifier on a dataset's test domains."""
-    from fastmbr.engine.trainer import evaluate_run
-    from fastmbr.pipelines.datasets import unreadable_note
+    """Top-1/top-5 of a trained classifier on a dataset's test domains (under one shift or several)."""
+    from fastmbr.engine.trainer import evaluate_run, evaluate_shifts
+    from fastmbr.pipelines.datasets import ALL_CORRUPTIONS, unreadable_note
 
-    result = evaluate_run(run_dir, dataset, shift, data_dir, device, skip_corrupt)
+    if len(shift) > 1 or shift == [ALL_CORRUPTIONS]:
+        print_shift_scores(evaluate_shifts(run_dir, dataset, shift, data_dir, device, skip_corrupt), as_json)
+        return
+    result = evaluate_run(run_dir, dataset, shift[0] if shift else None, data_dir, device, skip_corrupt)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -150,6 +154,24 @@ def eval_command(
     for name, r in result.items():
         if r.get("unreadable_files"):
             console.print(f"{name}: {unreadable_note(r['unreadable_files'])}")
+
+
+def print_shift_scores(results: dict[str, dict], as_json: bool) -> None:
+    """Each shift's domains, then the mean over the shifted domains B (for corruption:all: ImageNet-C's mean
+    corruption accuracy)."""
+    shifted = [domains["B"] for domains in results.values() if "B" in domains]
+    mean = {k: sum(r[k] for r in shifted) / len(shifted) for k in ("top1", "top5")} if shifted else {}
+    if as_json:
+        print(json.dumps({"shifts": results, "mean_b": {**mean, "shifts": len(shifted)}}, indent=2))
+        return
+    table = Table("shift", "domain", "top-1", "top-5", "n")
+    for shift, domains in results.items():
+        for name, r in domains.items():
+            table.add_row(shift, name, f"{r['top1']:.2f}", f"{r['top5']:.2f}", str(r["n"]))
+    console.print(table)
+    if mean:
+        console.print(f"mean over the {len(shifted)} shifted domains B: top-1 {mean['top1']:.2f}, "
+                      f"top-5 {mean['top5']:.2f}")
 
 
 @app.command("run")

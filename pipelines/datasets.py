@@ -314,6 +314,44 @@ def prerendered_domain(info: DatasetInfo, data_dir, spec: ShiftSpec, also: Shift
     return rendered
 
 
+ALL_CORRUPTIONS = "corruption:all"
+
+
+def expand_shifts(name: str, shifts: list[str], data_dir=None) -> list[str]:
+    """``corruption:all`` → every ``corruption:NAME-S`` the dataset has: the pre-rendered folders on disk
+    (ImageNet-C: whichever of its 75 are there), else ImageNet-C's 15 corruptions × severities 1-5. Each shift
+    is checked here, so a bad one stops a long evaluation before it starts, not when it is reached."""
+    from fastmbr.pipelines.corruptions import parse_corruption
+
+    out = []
+    for shift in shifts:
+        out += corruptions_of(name, data_dir) if shift == ALL_CORRUPTIONS else [shift]
+    for shift in out:
+        spec = parse_shift(shift)
+        check_shift_kinds(dataset_info(name), spec)
+        for part in spec.parts or (spec,):
+            if part.kind == "corruption":
+                parse_corruption(part.b)
+    return out
+
+
+def corruptions_of(name: str, data_dir) -> list[str]:
+    from fastmbr.pipelines.corruptions import SEVERITIES, corruption_names, import_imagecorruptions
+
+    info = dataset_info(name)
+    if "corruption" not in info.shifts:
+        raise FastmbrError(f"{ALL_CORRUPTIONS}: dataset {name!r} has no corruption shift; it has: "
+                           f"{', '.join(info.shifts)}")
+    if not info.prerendered:
+        common = import_imagecorruptions().get_corruption_names("common")
+        return [f"corruption:{c}-{s}" for c in common for s in SEVERITIES]
+    base = dataset_root(info, data_dir).parent / info.prerendered
+    found = [f"corruption:{c}-{s}" for c in corruption_names() for s in SEVERITIES if (base / c / str(s)).is_dir()]
+    if not found:
+        raise FastmbrError(f"{ALL_CORRUPTIONS}: no <corruption>/<severity>/ folders in {base} (ImageNet-C's layout)")
+    return found
+
+
 def unreadable_note(paths: list[str]) -> str:
     """The one line that reports image files left out because they do not decode (``--skip-corrupt``)."""
     more = f" and {len(paths) - 1} more" if len(paths) > 1 else ""

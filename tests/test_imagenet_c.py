@@ -7,6 +7,7 @@ The trees are generated: tiny PNGs in ImageNet's layout, each class its own grey
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,30 @@ def test_a_trained_classifier_is_scored_on_imagenet_c_at_its_own_view(data_dir, 
     scores = json.loads(capsys.readouterr().out)
     assert sorted(scores) == ["A", "B"] and scores["B"]["n"] == 6 and 0 <= scores["B"]["top1"] <= 100
     assert seen == {"imagenet/val": pytest.approx(224 / 256), "imagenet-c/snow/3": 1.0}
+
+    built = []
+    monkeypatch.setattr(trainer, "build_loader", lambda data, cfg: built.append(data.source) or build(data, cfg))
+    main(["eval", str(run), "--shift", "corruption:all", "--json"])
+    every = json.loads(capsys.readouterr().out)
+    assert list(every["shifts"]) == ["corruption:snow-3", "corruption:fog-1"]  # ImageNet-C's order, those on disk
+    assert every["shifts"]["corruption:snow-3"] == scores  # the same classifier, the same files
+    assert every["shifts"]["corruption:fog-1"]["A"] == scores["A"] and len(built) == 3  # clean A scored once
+    b_top1 = [every["shifts"][s]["B"]["top1"] for s in every["shifts"]]
+    assert every["mean_b"] == {"top1": pytest.approx(sum(b_top1) / 2), "top5": pytest.approx(
+        sum(every["shifts"][s]["B"]["top5"] for s in every["shifts"]) / 2), "shifts": 2}
+
+
+def test_corruption_all_without_renderings_is_imagenet_cs_fifteen_at_five_severities(data_dir):
+    from fastmbr.pipelines.datasets import expand_shifts
+
+    shifts = expand_shifts("gtsrb", ["corruption:all", "brightness"])
+    assert len(shifts) == 76 and shifts[0] == "corruption:gaussian_noise-1" and shifts[-1] == "brightness"
+    assert "corruption:jpeg_compression-5" in shifts and not any("speckle" in s for s in shifts)
+    with pytest.raises(FastmbrError, match="severity 1-5"):
+        expand_shifts("imagenet", ["corruption:snow-3", "corruption:snow-9"], data_dir)
+    with pytest.raises(FastmbrError, match="has no shift 'brightness'"):
+        expand_shifts("imagenet", ["corruption:all", "brightness"], data_dir)
+    for child in (data_dir / "imagenet-c").iterdir():
+        shutil.rmtree(child)
+    with pytest.raises(FastmbrError, match="no <corruption>/<severity>/ folders in"):
+        expand_shifts("imagenet", ["corruption:all"], data_dir)

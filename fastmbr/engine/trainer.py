@@ -51,7 +51,7 @@ from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
 from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, read_json, write_json
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
-from fastmbr.pipelines.datasets import Domains, load_domains, unreadable_note
+from fastmbr.pipelines.datasets import Domains, expand_shifts, load_domains, unreadable_note
 from fastmbr.pipelines.loaders import LoaderConfig, build_loader
 from fastmbr.pipelines.loaders.config import CENTER_CROP
 from fastmbr.pipelines.types import LabeledImages
@@ -773,17 +773,20 @@ def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
     return metrics, opened.run_dir
 
 
-def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir: str | None,
-                 device: str = "auto", skip_corrupt: bool | None = None) -> dict:
-    """Score a trained classifier (best.pt) on any dataset's test domains (how transfer is scored); a domain
-    whose loader left files out (``skip_corrupt``, default: as trained) lists them under ``unreadable_files``."""
+def evaluation_config(run_dir: Path, dataset: str | None, shift: str | None, data_dir: str | None,
+                      device: str = "auto", skip_corrupt: bool | None = None) -> RunConfig:
+    """A run's configuration pointed at the data to score it on (by default: what it was trained on)."""
     if not (run_dir / "config.json").exists():
         raise FastmbrError(f"{run_dir}: not a run folder (no config.json)")
     cfg = RunConfig.from_dict({k: v for k, v in read_json(run_dir / "config.json").items() if k != "commit"})
     data = replace(cfg.data, dataset=dataset or cfg.data.dataset, shift=shift if dataset or shift else cfg.data.shift,
                    data_dir=data_dir or cfg.data.data_dir,
                    skip_corrupt=cfg.data.skip_corrupt if skip_corrupt is None else skip_corrupt)
-    cfg = replace(cfg, data=data, device=device, compile=False)
+    return replace(cfg, data=data, device=device, compile=False)
+
+
+def evaluation_trainer(cfg: RunConfig, run_dir: Path) -> Trainer:
+    """A trainer holding the run's classifier (best.pt) and the test domains ``cfg`` names."""
     trainer = Trainer(cfg, run_dir, progress=False)
     trainer.channels_last = False
     trainer.domains = trainer.load_data(test_only=True)
@@ -792,8 +795,41 @@ def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir
     try:
         trainer.model.load_state_dict(weights)
     except RuntimeError:
-        raise FastmbrError(f"{run_dir}/best.pt does not fit {data.dataset}: class count or image size differs") from None
+        raise FastmbrError(f"{run_dir}/best.pt does not fit {cfg.data.dataset}: class count or image size "
+                           f"differs") from None
+    return trainer
+
+
+def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir: str | None,
+                 device: str = "auto", skip_corrupt: bool | None = None) -> dict:
+    """Score a trained classifier (best.pt) on any dataset's test domains (how transfer is scored); a domain
+    whose loader left files out (``skip_corrupt``, default: as trained) lists them under ``unreadable_files``."""
+    trainer = evaluation_trainer(evaluation_config(run_dir, dataset, shift, data_dir, device, skip_corrupt), run_dir)
     return {name: score_domain(trainer, d) for name, d in trainer.domains.test.items()}
+
+
+def evaluate_shifts(run_dir: Path, dataset: str | None, shifts: list[str], data_dir: str | None,
+                    device: str = "auto", skip_corrupt: bool | None = None) -> dict[str, dict]:
+    """``evaluate_run`` under each shift (``corruption:all`` expanded), the classifier loaded once. Domain A of a
+    corruption shift is the clean test split whatever the corruption: scored once, its scores repeated."""
+    base = evaluation_config(run_dir, dataset, None, data_dir, device, skip_corrupt)
+    shifts = expand_shifts(base.data.dataset, shifts, base.data.data_dir)
+    trainer, results, clean = None, {}, None
+    for shift in shifts:
+        cfg = replace(base, data=replace(base.data, shift=shift))
+        if trainer is None:
+            trainer = evaluation_trainer(cfg, run_dir)
+        else:
+            trainer.cfg = cfg
+            trainer.domains = trainer.load_data(test_only=True)
+        corruption = trainer.domains.shift.kind == "corruption"
+        results[shift] = {}
+        for name, data in trainer.domains.test.items():
+            reuse = corruption and name == "A" and clean is not None
+            results[shift][name] = clean if reuse else score_domain(trainer, data)
+            if corruption and name == "A":
+                clean = results[shift][name]
+    return results
 
 
 def score_domain(trainer: Trainer, data) -> dict:
