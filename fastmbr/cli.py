@@ -156,22 +156,22 @@ def eval_command(
             console.print(f"{name}: {unreadable_note(r['unreadable_files'])}")
 
 
-def print_shift_scores(results: dict[str, dict], as_json: bool) -> None:
-    """Each shift's domains, then the mean over the shifted domains B (for corruption:all: ImageNet-C's mean
-    corruption accuracy)."""
-    shifted = [domains["B"] for domains in results.values() if "B" in domains]
-    mean = {k: sum(r[k] for r in shifted) / len(shifted) for k in ("top1", "top5")} if shifted else {}
+def print_shift_scores(summary: dict, as_json: bool) -> None:
+    """Each shift's domains, then the mean over the shifted domains B (and ImageNet-C's mCE where defined)."""
     if as_json:
-        print(json.dumps({"shifts": results, "mean_b": {**mean, "shifts": len(shifted)}}, indent=2))
+        print(json.dumps(summary, indent=2))
         return
     table = Table("shift", "domain", "top-1", "top-5", "n")
-    for shift, domains in results.items():
+    for shift, domains in summary["shifts"].items():
         for name, r in domains.items():
             table.add_row(shift, name, f"{r['top1']:.2f}", f"{r['top5']:.2f}", str(r["n"]))
     console.print(table)
-    if mean:
-        console.print(f"mean over the {len(shifted)} shifted domains B: top-1 {mean['top1']:.2f}, "
+    mean = summary["mean_b"]
+    if mean["shifts"]:
+        console.print(f"mean over the {mean['shifts']} shifted domains B: top-1 {mean['top1']:.2f}, "
                       f"top-5 {mean['top5']:.2f}")
+    if "mce" in summary:
+        console.print(f"ImageNet-C mCE (AlexNet-normalised): {summary['mce']:.2f}")
 
 
 @app.command("run")

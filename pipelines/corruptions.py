@@ -35,6 +35,26 @@ def corruption_names() -> list[str]:
     return list(import_imagecorruptions().get_corruption_names("all"))
 
 
+# AlexNet's top-1 error on ImageNet-C, averaged over severities 1-5 (Hendrycks & Dietterich, 2019): the
+# denominators of the corruption error CE and of its mean over the 15 corruptions, mCE
+ALEXNET_ERROR = {
+    "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640, "defocus_blur": 0.819880,
+    "glass_blur": 0.826268, "motion_blur": 0.785948, "zoom_blur": 0.798360, "snow": 0.866816, "frost": 0.826572,
+    "fog": 0.819324, "brightness": 0.564592, "contrast": 0.853204, "elastic_transform": 0.646056,
+    "pixelate": 0.717840, "jpeg_compression": 0.606500,
+}
+
+
+def mean_corruption_error(top1: dict[tuple[str, int], float]) -> float | None:
+    """ImageNet-C's mCE (%) from top-1 accuracies (%) keyed by (corruption, severity): each corruption's error
+    summed over the five severities over AlexNet's, averaged over the 15; None unless all 75 are there."""
+    if any((name, s) not in top1 for name in ALEXNET_ERROR for s in SEVERITIES):
+        return None
+    ce = [sum(100 - top1[name, s] for s in SEVERITIES) / (len(SEVERITIES) * 100 * ALEXNET_ERROR[name])
+          for name in ALEXNET_ERROR]
+    return 100 * sum(ce) / len(ce)
+
+
 def parse_corruption(text: str) -> tuple[str, int]:
     """``snow-3`` → ("snow", 3); names with underscores (``gaussian_noise-2``) are fine."""
     name, _, severity = text.rpartition("-")

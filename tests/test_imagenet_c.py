@@ -113,3 +113,21 @@ def test_corruption_all_without_renderings_is_imagenet_cs_fifteen_at_five_severi
         shutil.rmtree(child)
     with pytest.raises(FastmbrError, match="no <corruption>/<severity>/ folders in"):
         expand_shifts("imagenet", ["corruption:all"], data_dir)
+
+
+def test_mce_is_each_corruptions_error_over_alexnets_averaged_and_needs_all_75():
+    """Against the definition written out: CE_c = Σ_s E_{s,c} / Σ_s E^AlexNet_{s,c}, mCE = mean_c CE_c."""
+    from fastmbr.engine.evaluate import shift_summary
+    from fastmbr.pipelines.corruptions import ALEXNET_ERROR
+
+    rng = torch.Generator().manual_seed(0)
+    top1 = {(c, s): float(torch.rand(1, generator=rng)) * 100 for c in ALEXNET_ERROR for s in range(1, 6)}
+    results = {f"corruption:{c}-{s}": {"A": {"top1": 70.0, "top5": 90.0, "n": 9},
+                                       "B": {"top1": acc, "top5": 99.0, "n": 9}} for (c, s), acc in top1.items()}
+    ce = [sum(100 - top1[c, s] for s in range(1, 6)) / (5 * 100 * alexnet) for c, alexnet in ALEXNET_ERROR.items()]
+    summary = shift_summary(results, "imagenet")
+    assert summary["mce"] == pytest.approx(100 * sum(ce) / 15)
+    assert summary["mean_b"]["top1"] == pytest.approx(sum(top1.values()) / 75) and summary["mean_b"]["shifts"] == 75
+    assert "mce" not in shift_summary(results, "tiny-imagenet")  # AlexNet's errors are ImageNet's alone
+    del results["corruption:fog-4"]
+    assert "mce" not in shift_summary(results, "imagenet")

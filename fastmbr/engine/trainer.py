@@ -46,7 +46,7 @@ from fastmbr.engine.distributed import (
     seed_everything,
     shutdown,
 )
-from fastmbr.engine.evaluate import accuracy
+from fastmbr.engine.evaluate import accuracy, shift_summary
 from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
 from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, read_json, write_json
 from fastmbr.errors import FastmbrError
@@ -810,8 +810,9 @@ def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir
 
 def evaluate_shifts(run_dir: Path, dataset: str | None, shifts: list[str], data_dir: str | None,
                     device: str = "auto", skip_corrupt: bool | None = None) -> dict[str, dict]:
-    """``evaluate_run`` under each shift (``corruption:all`` expanded), the classifier loaded once. Domain A of a
-    corruption shift is the clean test split whatever the corruption: scored once, its scores repeated."""
+    """``evaluate_run`` under each shift (``corruption:all`` expanded), the classifier loaded once, with the
+    summary of ``shift_summary``. Domain A of a corruption shift is the clean test split whatever the
+    corruption: scored once, its scores repeated."""
     base = evaluation_config(run_dir, dataset, None, data_dir, device, skip_corrupt)
     shifts = expand_shifts(base.data.dataset, shifts, base.data.data_dir)
     trainer, results, clean = None, {}, None
@@ -829,7 +830,7 @@ def evaluate_shifts(run_dir: Path, dataset: str | None, shifts: list[str], data_
             results[shift][name] = clean if reuse else score_domain(trainer, data)
             if corruption and name == "A":
                 clean = results[shift][name]
-    return results
+    return shift_summary(results, base.data.dataset)
 
 
 def score_domain(trainer: Trainer, data) -> dict:
