@@ -158,6 +158,8 @@ def eval_command(
 
 def print_shift_scores(summary: dict, as_json: bool) -> None:
     """Each shift's domains, then the mean over the shifted domains B (and ImageNet-C's mCE where defined)."""
+    from fastmbr.pipelines.datasets import unreadable_note
+
     if as_json:
         print(json.dumps(summary, indent=2))
         return
@@ -166,6 +168,10 @@ def print_shift_scores(summary: dict, as_json: bool) -> None:
         for name, r in domains.items():
             table.add_row(shift, name, f"{r['top1']:.2f}", f"{r['top5']:.2f}", str(r["n"]))
     console.print(table)
+    for shift, domains in summary["shifts"].items():
+        for name, r in domains.items():
+            if r.get("unreadable_files"):
+                console.print(f"{shift} {name}: {unreadable_note(r['unreadable_files'])}")
     mean = summary["mean_b"]
     if mean["shifts"]:
         console.print(f"mean over the {mean['shifts']} shifted domains B: top-1 {mean['top1']:.2f}, "
