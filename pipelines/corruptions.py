@@ -57,6 +57,9 @@ def mean_corruption_error(top1: dict[tuple[str, int], float]) -> float | None:
 
 def parse_corruption(text: str) -> tuple[str, int]:
     """``snow-3`` → ("snow", 3); names with underscores (``gaussian_noise-2``) are fine."""
+    if text == "all":
+        raise FastmbrError("corruption:all (every corruption and severity) is for fastmbr eval; here one is "
+                           "needed, e.g. corruption:snow-3")
     name, _, severity = text.rpartition("-")
     if not name or not severity.isdigit() or int(severity) not in SEVERITIES:
         raise FastmbrError(f"corruption {text!r}: expected NAME-SEVERITY with severity 1-5, e.g. snow-3")

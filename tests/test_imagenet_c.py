@@ -60,6 +60,8 @@ def test_missing_renderings_foreign_classes_and_train_also_are_named(data_dir):
         load_domains("imagenet", "none", data_dir, train_also="corruption:snow-3")
     with pytest.raises(FastmbrError, match="unknown corruption 'sno'"):
         load_domains("imagenet", "corruption:sno-3", data_dir)
+    with pytest.raises(FastmbrError, match="corruption:all .* is for fastmbr eval"):
+        load_domains("imagenet", "corruption:all", data_dir)
 
 
 def test_a_trained_classifier_is_scored_on_imagenet_c_at_its_own_view(data_dir, tmp_path, monkeypatch, capsys):
