@@ -227,7 +227,24 @@ def check_same_classes(train: LabeledImages | ImageFiles, test: LabeledImages | 
                        f"both splits need the same class folders")
 
 
-def _train_test(info: DatasetInfo, data_dir, seed: int, notes: list[str], skip_corrupt: bool):
+@dataclass
+class Splits:
+    """A dataset's train and test splits as read (before any shift), and what reading them noted."""
+
+    train: LabeledImages | ImageFiles
+    test: LabeledImages | ImageFiles
+    notes: list[str]
+
+
+def read_splits(name: str, data_dir=None, skip_corrupt: bool = False) -> Splits:
+    """Read once, shared by several ``load_domains`` calls (one evaluation under many shifts reads the data once;
+    nothing downstream changes them in place)."""
+    notes: list[str] = []
+    train, test = _train_test(dataset_info(name), data_dir, notes, skip_corrupt)
+    return Splits(train, test, notes)
+
+
+def _train_test(info: DatasetInfo, data_dir, notes: list[str], skip_corrupt: bool):
     if "train" in info.splits and ("test" in info.splits or "val" in info.splits):
         split = "test" if "test" in info.splits else "val"
         train = load_split(info.name, "train", data_dir, skip_corrupt)
@@ -402,6 +419,7 @@ def load_domains(
     train_also: str | None = None,
     test_only: bool = False,
     skip_corrupt: bool = False,
+    splits: Splits | None = None,
 ) -> Domains:
     """Prepare a dataset under a shift: A's train (minus val) is labelled; B is only for testing and G.
 
@@ -410,6 +428,7 @@ def load_domains(
     ``test_only`` prepares the test domains alone (train and val come back empty): scoring a trained classifier
     needs nothing else, and corrupting the training split would cost more than the test itself.
     ``skip_corrupt``: image files decoded here that do not decode are left out and listed in ``unreadable``.
+    ``splits``: the splits already read by ``read_splits`` (same dataset, data folder and ``skip_corrupt``).
     """
     info = dataset_info(name)
     spec = parse_shift(shift or info.default_shift)
@@ -420,7 +439,9 @@ def load_domains(
     notes: list[str] = []
     if dataset_root(info, data_dir) is None:
         notes.append("using the embedded MNIST subset (6,000 train / 2,000 test); --data-dir for the full set")
-    train, test = _train_test(info, data_dir, seed, notes, skip_corrupt)
+    splits = splits or read_splits(name, data_dir, skip_corrupt)
+    train, test = splits.train, splits.test
+    notes += splits.notes
     rendered = prerendered_domain(info, data_dir, spec, also, train, notes)
     if classes:
         keep = parse_classes(classes, len(train.classes))

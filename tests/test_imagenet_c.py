@@ -69,6 +69,8 @@ def test_a_trained_classifier_is_scored_on_imagenet_c_at_its_own_view(data_dir, 
     already ImageNet's centred 224/256 crop), A at ImageNet's view."""
     from fastmbr.cli import main
     from fastmbr.engine import trainer
+    from fastmbr.pipelines import datasets
+    from fastmbr.pipelines.datasets import read_splits
 
     seen = {}
 
@@ -89,13 +91,16 @@ def test_a_trained_classifier_is_scored_on_imagenet_c_at_its_own_view(data_dir, 
     assert sorted(scores) == ["A", "B"] and scores["B"]["n"] == 6 and 0 <= scores["B"]["top1"] <= 100
     assert seen == {"imagenet/val": pytest.approx(224 / 256), "imagenet-c/snow/3": 1.0}
 
-    built = []
+    built, read = [], []
     monkeypatch.setattr(trainer, "build_loader", lambda data, cfg: built.append(data.source) or build(data, cfg))
+    for module in (trainer, datasets):  # wherever the splits are read, they are counted
+        monkeypatch.setattr(module, "read_splits", lambda *a: read.append(a) or read_splits(*a))
     main(["eval", str(run), "--shift", "corruption:all", "--json"])
     every = json.loads(capsys.readouterr().out)
     assert list(every["shifts"]) == ["corruption:snow-3", "corruption:fog-1"]  # ImageNet-C's order, those on disk
     assert every["shifts"]["corruption:snow-3"] == scores  # the same classifier, the same files
     assert every["shifts"]["corruption:fog-1"]["A"] == scores["A"] and len(built) == 3  # clean A scored once
+    assert len(read) == 1  # and the splits read once for both shifts
     b_top1 = [every["shifts"][s]["B"]["top1"] for s in every["shifts"]]
     assert every["mean_b"] == {"top1": pytest.approx(sum(b_top1) / 2), "top5": pytest.approx(
         sum(every["shifts"][s]["B"]["top5"] for s in every["shifts"]) / 2), "shifts": 2}

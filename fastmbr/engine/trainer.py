@@ -51,7 +51,7 @@ from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
 from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, read_json, write_json
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
-from fastmbr.pipelines.datasets import Domains, expand_shifts, load_domains, unreadable_note
+from fastmbr.pipelines.datasets import Domains, Splits, expand_shifts, load_domains, read_splits, unreadable_note
 from fastmbr.pipelines.loaders import LoaderConfig, build_loader
 from fastmbr.pipelines.loaders.config import CENTER_CROP
 from fastmbr.pipelines.types import LabeledImages
@@ -276,11 +276,11 @@ class Trainer:
         """``--batch-size`` is the global batch; each rank takes an equal share of every global batch."""
         return self.cfg.data.batch_size // self.dist.world_size
 
-    def load_data(self, test_only: bool = False) -> Domains:
+    def load_data(self, test_only: bool = False, splits: Splits | None = None) -> Domains:
         d = self.cfg.data
         return load_domains(d.dataset, d.shift, d.data_dir, image_size=d.image_size, seed=self.cfg.seed,
                             val_fraction=d.val_fraction, limit=d.limit, classes=d.classes, train_also=d.train_also,
-                            test_only=test_only, skip_corrupt=d.skip_corrupt)
+                            test_only=test_only, skip_corrupt=d.skip_corrupt, splits=splits)
 
     def rank_share(self, data):
         """This rank's strided 1/W of an evaluation split (the whole split in one process)."""
@@ -785,11 +785,11 @@ def evaluation_config(run_dir: Path, dataset: str | None, shift: str | None, dat
     return replace(cfg, data=data, device=device, compile=False)
 
 
-def evaluation_trainer(cfg: RunConfig, run_dir: Path) -> Trainer:
+def evaluation_trainer(cfg: RunConfig, run_dir: Path, splits: Splits | None = None) -> Trainer:
     """A trainer holding the run's classifier (best.pt) and the test domains ``cfg`` names."""
     trainer = Trainer(cfg, run_dir, progress=False)
     trainer.channels_last = False
-    trainer.domains = trainer.load_data(test_only=True)
+    trainer.domains = trainer.load_data(test_only=True, splits=splits)
     trainer.model = trainer.build_model()
     weights = ckpt.load_weights(run_dir / "best.pt")
     try:
@@ -810,19 +810,20 @@ def evaluate_run(run_dir: Path, dataset: str | None, shift: str | None, data_dir
 
 def evaluate_shifts(run_dir: Path, dataset: str | None, shifts: list[str], data_dir: str | None,
                     device: str = "auto", skip_corrupt: bool | None = None) -> dict[str, dict]:
-    """``evaluate_run`` under each shift (``corruption:all`` expanded), the classifier loaded once, with the
-    summary of ``shift_summary``. Domain A of a corruption shift is the clean test split whatever the
-    corruption: scored once, its scores repeated."""
+    """``evaluate_run`` under each shift (``corruption:all`` expanded), the data read and the classifier loaded
+    once, with the summary of ``shift_summary``. Domain A of a corruption shift is the clean test split whatever
+    the corruption: scored once, its scores repeated."""
     base = evaluation_config(run_dir, dataset, None, data_dir, device, skip_corrupt)
     shifts = expand_shifts(base.data.dataset, shifts, base.data.data_dir)
+    splits = read_splits(base.data.dataset, base.data.data_dir, base.data.skip_corrupt)
     trainer, results, clean = None, {}, None
     for shift in shifts:
         cfg = replace(base, data=replace(base.data, shift=shift))
         if trainer is None:
-            trainer = evaluation_trainer(cfg, run_dir)
+            trainer = evaluation_trainer(cfg, run_dir, splits)
         else:
             trainer.cfg = cfg
-            trainer.domains = trainer.load_data(test_only=True)
+            trainer.domains = trainer.load_data(test_only=True, splits=splits)
         corruption = trainer.domains.shift.kind == "corruption"
         results[shift] = {}
         for name, data in trainer.domains.test.items():
