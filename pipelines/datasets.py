@@ -298,6 +298,11 @@ def decoded_for_shift(data: ImageFiles, size: int, shift: str, notes: list[str],
     return decode_files(data, size, skip_corrupt)
 
 
+def prerendered_root(info: DatasetInfo, data_dir) -> Path:
+    """The folder of the dataset's pre-rendered corruptions: beside the dataset's own (``imagenet-c/``)."""
+    return dataset_root(info, data_dir).parent / info.prerendered
+
+
 def prerendered_corruption(info: DatasetInfo, data_dir, spec: ShiftSpec, train: ImageFiles) -> ImageFiles:
     """Domain B of a corruption shift as published files (ImageNet-C's ``<corruption>/<severity>/<wnid>/``): the
     benchmark's own renderings, already cut to ImageNet's evaluation view (so the loader crops nothing again)."""
@@ -305,7 +310,7 @@ def prerendered_corruption(info: DatasetInfo, data_dir, spec: ShiftSpec, train: 
     from fastmbr.pipelines.readers.imagefolder import list_tree
 
     name, severity = parse_corruption(spec.b)
-    base = dataset_root(info, data_dir).parent / info.prerendered
+    base = prerendered_root(info, data_dir)
     folder = base / name / str(severity)
     if not folder.is_dir():
         raise FastmbrError(f"{info.name} {spec.label}: {folder} is missing ({info.name} is too large to corrupt in "
@@ -340,12 +345,12 @@ def expand_shifts(name: str, shifts: list[str], data_dir=None) -> list[str]:
     is checked here, so a bad one stops a long evaluation before it starts, not when it is reached."""
     from fastmbr.pipelines.corruptions import parse_corruption
 
-    out = []
+    info, out = dataset_info(name), []
     for shift in shifts:
         out += corruptions_of(name, data_dir) if shift == ALL_CORRUPTIONS else [shift]
     for shift in out:
         spec = parse_shift(shift)
-        check_shift_kinds(dataset_info(name), spec)
+        check_shift_kinds(info, spec)
         for part in spec.parts or (spec,):
             if part.kind == "corruption":
                 parse_corruption(part.b)
@@ -362,7 +367,7 @@ def corruptions_of(name: str, data_dir) -> list[str]:
     if not info.prerendered:
         common = import_imagecorruptions().get_corruption_names("common")
         return [f"corruption:{c}-{s}" for c in common for s in SEVERITIES]
-    base = dataset_root(info, data_dir).parent / info.prerendered
+    base = prerendered_root(info, data_dir)
     found = [f"corruption:{c}-{s}" for c in corruption_names() for s in SEVERITIES if (base / c / str(s)).is_dir()]
     if not found:
         raise FastmbrError(f"{ALL_CORRUPTIONS}: no <corruption>/<severity>/ folders in {base} (ImageNet-C's layout)")

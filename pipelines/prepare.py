@@ -5,8 +5,8 @@ files are stored as JPEG at quality 90 (``RGBImageField(write_mode="jpg")``, FFC
 loader decodes with FFCV's JPEG decoder and an ImageNet-scale ``.beton`` stays near the size of the JPEG tree
 instead of the ~10× of raw pixels; the crop decoders work on either. ``max_resolution`` (FFCV's recipe uses
 256-512 for ImageNet) stores each file with its longer side at most that many pixels: a smaller ``.beton`` and
-less to decode per image, for crops taken at a lower resolution than the originals. Files are written to a temporary name and
-renamed, so an interrupted write never leaves a half ``.beton`` under the final name.
+less to decode per image, for crops taken at a lower resolution than the originals. Files are written to a
+temporary name and renamed, so an interrupted write never leaves a half ``.beton`` under the final name.
 """
 
 from __future__ import annotations

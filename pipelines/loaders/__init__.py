@@ -17,6 +17,7 @@ from torch import device as torch_device
 
 from fastmbr.errors import FastmbrError
 from fastmbr.pipelines.loaders.config import AUGMENTS, LoaderConfig
+from fastmbr.pipelines.prepare import check_max_resolution
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
 BACKENDS = ("auto", "tensor", "torch", "dali", "ffcv", "nvjpeg")
@@ -44,8 +45,7 @@ def check_config(cfg: LoaderConfig) -> None:
     if cfg.max_resolution is not None and cfg.backend != "ffcv":
         raise FastmbrError(f"--max-resolution sizes the files an FFCV .beton stores: it needs --loader ffcv, "
                            f"not {cfg.backend!r}")
-    if cfg.max_resolution is not None and cfg.max_resolution < 1:
-        raise FastmbrError(f"--max-resolution must be a positive number of pixels, not {cfg.max_resolution}")
+    check_max_resolution(cfg.max_resolution)
     if not 0 < cfg.center_crop <= 1:
         raise FastmbrError(f"centre crop {cfg.center_crop}: the crop's side is a fraction (0, 1] of the shorter side")
     if not 0 <= cfg.shard_id < cfg.num_shards:

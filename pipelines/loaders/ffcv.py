@@ -31,7 +31,6 @@ from fastmbr.pipelines.prepare import beton_for, beton_path, check_files_exist, 
 from fastmbr.pipelines.types import ImageFiles, LabeledImages
 
 
-
 def ffcv_available() -> bool:
     try:
         import_ffcv()

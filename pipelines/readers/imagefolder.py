@@ -108,10 +108,11 @@ def list_flat(folder: Path, solution: Path) -> tuple[list[Path], torch.Tensor, l
     stands beside this one (so the labels are the training labels), else the wnids the solution names."""
     wnids = read_solution(solution)
     names = _image_names(str(folder))
-    unlisted = next((n for n in names if os.path.splitext(n)[0] not in wnids), None)
+    stems = [os.path.splitext(n)[0] for n in names]
+    unlisted = next((i for i, stem in enumerate(stems) if stem not in wnids), None)
     if unlisted is not None:
-        raise FastmbrError(f"{folder / unlisted}: not listed in {solution}")
-    wnid_of = [wnids[os.path.splitext(n)[0]] for n in names]
+        raise FastmbrError(f"{folder / names[unlisted]}: not listed in {solution}")
+    wnid_of = [wnids[stem] for stem in stems]
     train = folder.parent / "train"
     classes = [e.name for e in _subfolders(train)] if train.is_dir() and train != folder else []
     classes = classes or sorted(set(wnid_of))
