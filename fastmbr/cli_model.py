@@ -49,24 +49,40 @@ def tiny_cpu_threads(size: str, device) -> Optional[int]:
 
 
 def _domains_from_dataset(dataset: str, shift: Optional[str], data_dir: Optional[Path], classes: Optional[str],
-                          image_size: Optional[int] = None):
+                          image_size: Optional[int] = None, labelled_a: bool = False):
+    """(A's images with labels, B's uint8 images, what they are, number of classes) for learning G."""
     from fastmbr.pipelines.datasets import load_domains
 
     domains = load_domains(dataset, shift, data_dir, classes=classes, image_size=image_size)
     for role in ("A", "B"):
         if role not in domains.unlabeled:
             raise FastmbrError(f"{dataset} {domains.shift.label}: no unlabelled images of domain {role} to learn G")
+    # the semantic term needs labels of A: then G learns from A's labelled training split, never its validation
+    pool_a = domains.train if labelled_a else domains.unlabeled["A"]
     source = {"dataset": dataset, "shift": domains.shift.kind, "domain_a": domains.shift.a,
-              "domain_b": domains.shift.b, "images_a": len(domains.unlabeled["A"]),
-              "images_b": len(domains.unlabeled["B"]), "classes": classes, "notes": domains.notes}
-    return domains.unlabeled["A"].images, domains.unlabeled["B"].images, source
+              "domain_b": domains.shift.b, "images_a": len(pool_a), "images_b": len(domains.unlabeled["B"]),
+              "pool_a": "labelled training split" if labelled_a else "all training images", "classes": classes,
+              "notes": domains.notes}
+    return pool_a, domains.unlabeled["B"].images, source, domains.num_classes
+
+
+def parse_snapshots(text: Optional[str]) -> tuple[int, ...]:
+    """``"10,100,1000"`` → (10, 100, 1000); one-line error naming --snapshots otherwise."""
+    if not text:
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise FastmbrError(f"--snapshots takes iterations separated by commas (e.g. 10,100,1000), got {text!r}") \
+            from None
 
 
 @model_app.command("train")
 def train_command(
     dataset: Optional[str] = typer.Argument(None, help="dataset name (or use --a-dir and --b-dir)"),
     shift: Optional[str] = typer.Option(None, "--shift", help="shift defining domains A and B"),
-    size: str = typer.Option("tiny", "--size", help="tiny (28-32 px) or base (64-256 px)"),
+    size: str = typer.Option("tiny", "--size", help="tiny (28-32 px digits), mid or base (MUNIT's own networks, "
+                                                    "the paper's setting; critics fitted to 32 px)"),
     iters: Optional[int] = typer.Option(None, "--iters", help="iterations (default: the size preset's)"),
     out: Path = typer.Option(..., "--out", help="G_DIR to write G, checkpoints and sample grids into"),
     batch_size: int = typer.Option(16, "--batch-size"),
@@ -77,6 +93,15 @@ def train_command(
     style_dim: int = typer.Option(8, "--style-dim", help="q, the dimension of δ"),
     cycle: float = typer.Option(0.0, "--cycle", help="weight of MUNIT's explicit cycle loss x → B → A ≈ x "
                                                      "(recon_x_cyc_w; 0: off, as MUNIT's default)"),
+    semantic: float = typer.Option(0.0, "--semantic",
+                                   help="ours, beyond the paper: weight of the label-preserving loss (a frozen "
+                                        "classifier of A's labelled training split must give G(x_A, δ) the label "
+                                        "of x_A; CyCADA's semantic consistency). 0: off, as the paper"),
+    prior: str = typer.Option("gaussian", "--prior", help="prior of δ: gaussian (truncated to the box) or uniform"),
+    bound: float = typer.Option(2.0, "--bound", help="Δ = [-bound, bound]^q (the paper's §7.2: 1)"),
+    snapshots: Optional[str] = typer.Option(None, "--snapshots",
+                                            help="also keep G at these iterations, e.g. 10,100,1000 "
+                                                 "(G_DIR/snapshots/iter_N, each a G_DIR)"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     resume: bool = typer.Option(False, "--resume", help="continue from G_DIR/checkpoint.pt"),
@@ -104,14 +129,19 @@ def train_command(
         domain_a = read_folder(a_dir, image_size)
         domain_b = read_folder(b_dir, domain_a.shape[-1])
         source = {"a_dir": str(a_dir), "b_dir": str(b_dir), "images_a": len(domain_a), "images_b": len(domain_b)}
+        labels_a = num_classes = None
     elif dataset is None:
         raise FastmbrError("missing DATASET (or --a-dir and --b-dir)")
     else:
-        domain_a, domain_b, source = _domains_from_dataset(dataset, shift, data_dir, classes, image_size)
+        pool_a, domain_b, source, num_classes = _domains_from_dataset(dataset, shift, data_dir, classes, image_size,
+                                                                      labelled_a=semantic > 0)
+        domain_a, labels_a = pool_a.images, pool_a.labels
     cfg = MunitTrainConfig(size=size, style_dim=style_dim, iters=iters, batch_size=batch_size, lr=lr,
-                           lr_step=lr_step, recon_x_cyc=cycle, checkpoint_every=checkpoint_every, seed=seed,
+                           lr_step=lr_step, recon_x_cyc=cycle, semantic=semantic, prior=prior, bound=bound,
+                           snapshots=parse_snapshots(snapshots), checkpoint_every=checkpoint_every, seed=seed,
                            source=source)
-    train_munit(domain_a, domain_b, cfg, out, dev, progress=progress, resume=resume)
+    train_munit(domain_a, domain_b, cfg, out, dev, progress=progress, resume=resume, labels_a=labels_a,
+                num_classes=num_classes)
     typer.echo(f"G saved to {out} (G.safetensors, G.json; samples in {out / 'samples'})")
 
 
@@ -155,8 +185,8 @@ def score_command(
     shift: Optional[str] = typer.Option(None, "--shift"),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    epochs: int = typer.Option(3, "--epochs", help="epochs of the helper classifiers"),
-    max_train: int = typer.Option(6000, "--max-train", help="helper training images (A ∪ B)"),
+    epochs: int = typer.Option(10, "--epochs", help="epochs of the helper classifiers"),
+    max_train: int = typer.Option(20000, "--max-train", help="helper training images (A ∪ B)"),
     max_test: Optional[int] = typer.Option(None, "--max-test"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="default: G_DIR/score_cache"),
     device: str = typer.Option("auto", "--device"),
@@ -164,8 +194,8 @@ def score_command(
 ) -> None:
     """Content kept (oracle accuracy on G(x_A, δ)) and shift achieved (share called B)."""
     from fastmbr.pipelines.datasets import load_domains
-    from fastmbr.variation.munit.io import load_variation
-    from fastmbr.variation.munit.score import ScoreConfig, score
+    from fastmbr.variation.munit.io import load_variation, read_meta
+    from fastmbr.variation.munit.score import ScoreConfig, describe_g, score
 
     _set_threads(threads)
     if epochs < 1 or max_train < 2:
@@ -174,12 +204,36 @@ def score_command(
     g = load_variation(g_dir, dev)
     domains = load_domains(dataset, shift, data_dir, image_size=g.image_size)  # the size G was trained at
     result = score(g, domains, dev, cache_dir or Path(g_dir) / "score_cache",
-                   ScoreConfig(epochs=epochs, max_train=max_train, max_test=max_test))
+                   ScoreConfig(epochs=epochs, max_train=max_train, max_test=max_test), describe_g(read_meta(g_dir)))
     result["data"] = domains.notes
     if as_json:
         typer.echo(json.dumps(result))
         return
     _print_score(result)
+
+
+@model_app.command("report")
+def report_command(
+    g_dirs: list[Path] = typer.Argument(..., help="trained G_DIRs (their snapshots are rows too)"),
+    dataset: str = typer.Option(..., "--dataset"),
+    shift: Optional[str] = typer.Option(None, "--shift"),
+    out: Path = typer.Option(Path("results/g_quality.md"), "--out", help="the Markdown table to write"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir",
+                                             help="shared helper cache (default: score_cache beside the first G)"),
+    device: str = typer.Option("auto", "--device"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+) -> None:
+    """Score several G variants the same way and write one table (results/g_quality.md) with their grids."""
+    from fastmbr.variation.munit.quality import write_report
+
+    _set_threads(threads)
+    dev = resolve_device(device)
+    command = "fastmbr model report " + " ".join(str(g) for g in g_dirs) + f" --dataset {dataset}" + \
+        (f" --shift {shift}" if shift else "") + f" --out {out}"
+    path = write_report(list(g_dirs), dataset, shift, str(data_dir) if data_dir else None, str(dev), Path(out),
+                        cache_dir or Path(g_dirs[0]).parent / "score_cache", command)
+    typer.echo(f"wrote {path}")
 
 
 def _print_score(result: dict) -> None:
@@ -188,11 +242,22 @@ def _print_score(result: dict) -> None:
 
     table = Table(title=f"G on {result['dataset']} {result['shift']} ({result['n_test']} test images of A)")
     table.add_column("images")
-    table.add_column("content kept", justify="right")
-    table.add_column("shift achieved", justify="right")
+    table.add_column("content kept (oracle top-1)", justify="right")
+    table.add_column("shift achieved (called B)", justify="right")
     for label, r in (("G(x_A, δ)", result), ("x_A (identity)", result["identity"]), ("real B", result["real_b"])):
         table.add_row(label, f"{100 * r['content_kept']:.1f}%", f"{100 * r['shift_achieved']:.1f}%")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    worst = next(k for k in result if k.startswith("content_kept_worst_of_"))
+    g = result["g"]
+    console.print(f"content kept: {result['content_kept_vs_identity']:.2f}× the identity's; in all of "
+                  f"{worst.rsplit('_', 1)[1]} draws: {100 * result[worst]:.1f}%")
+    console.print(f"G: {g.get('preset')} preset, {g.get('iterations')} iterations at batch {g.get('batch_size')}, "
+                  f"{g.get('train_minutes')} min, semantic {g.get('semantic')}")
+    oracle = result["helpers"]["oracle_top1"]
+    if min(oracle.values()) < 0.9:
+        console.print(f"[yellow]warning: the oracle reaches only {100 * oracle['real_a']:.1f}% / "
+                      f"{100 * oracle['real_b']:.1f}% on real A / B: a weak judge (raise --epochs)[/yellow]")
 
 
 def export_command(src: Path, onnx: Path, opset: int = 17) -> Path:

@@ -10,7 +10,7 @@ same decoder can be called on any batch of styles (and differentiated in them).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -45,14 +45,30 @@ class MunitArch:
         return 2 ** (self.dis_layers + self.dis_scales - 1)
 
 
+SIZES = ("tiny", "mid", "base")
+
+
 def arch_preset(size: str, channels: int = 3, style_dim: int = 8) -> MunitArch:
-    """``tiny``: 28-32 px (dim 32, 1 downsampling, 2 res blocks, MLP 64); ``base``: MUNIT's defaults for 64-256 px."""
+    """``tiny``: 28-32 px digits (dim 16, 1 downsampling, 2 res blocks, MLP 64); ``base``: MUNIT's own networks
+    (paper Appendix A.4); ``mid`` between them: base's layout (7×7 first conv, 2 downsamplings, 5×5 upsampling convs,
+    4-fold style encoder) at half its width, 3 residual blocks, MLP 128 (3.1 M generator parameters against 15 M)."""
     if size == "tiny":
         return MunitArch(channels, style_dim, dim=16, n_downsample=1, n_res=2, mlp_dim=64, first_kernel=3,
                          up_kernel=3, style_downsample=3, dis_dim=16, dis_layers=3, dis_scales=3)
+    if size == "mid":
+        return MunitArch(channels, style_dim, dim=32, n_downsample=2, n_res=3, mlp_dim=128, dis_dim=32)
     if size == "base":
         return MunitArch(channels, style_dim)
-    raise FastmbrError(f"unknown MUNIT size {size!r}; known: tiny, base")
+    raise FastmbrError(f"unknown MUNIT size {size!r}; known: {', '.join(SIZES)}")
+
+
+def fit_critics(arch: MunitArch, image_size: int) -> MunitArch:
+    """Drop critic layers, down to tiny's 3, until the coarsest of the critics' scales still sees >= 2 px: MUNIT's
+    critics (4 layers, 3 scales) need 64 px, and GTSRB is 32 px. Generators are untouched."""
+    layers = arch.dis_layers
+    while layers > 3 and 2 ** (layers + arch.dis_scales - 1) > image_size:
+        layers -= 1
+    return replace(arch, dis_layers=layers)
 
 
 def adain(features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

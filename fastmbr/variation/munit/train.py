@@ -3,9 +3,13 @@
 Per iteration (both directions, as MUNIT): encode x_A and x_B, reconstruct them (λ_x = 10, L1), translate with
 styles drawn from the prior, re-encode the translations (λ_c = λ_s = 1, L1), LSGAN losses from 3-scale critics
 (weight 1); optionally MUNIT's explicit cycle term (``recon_x_cyc``, off by default as in MUNIT): decode the
-re-encoded content with each image's own style and ask for the image back (L1); then one critic step on the same
-translations, detached (this skips MUNIT's second generator forward pass). Adam(lr, β = (0.5, 0.999), weight
-decay 1e-4) with step decay γ = 0.5 every ``lr_step`` iterations.
+re-encoded content with each image's own style and ask for the image back (L1); optionally our label-preserving
+term (``semantic``, off by default; see semantic.py); then one critic step on the same translations, detached (this
+skips MUNIT's second generator forward pass). Adam(lr, β = (0.5, 0.999), weight decay 1e-4) with step decay
+γ = 0.5 every ``lr_step`` iterations.
+
+``snapshots`` keeps G at chosen iterations (``G_DIR/snapshots/iter_NNNNNNN``, each a G_DIR of its own) for the
+paper's Figure 8: robustness against the number of MUNIT iterations.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from torch import nn
 
 from fastmbr.errors import FastmbrError
 from fastmbr.variation.munit.io import CHECKPOINT, load_checkpoint, save_checkpoint, save_variation
-from fastmbr.variation.munit.networks import Generator, MultiScaleDiscriminator, MunitArch, arch_preset, init_weights
-from fastmbr.variation.munit.variation import MunitVariation, sample_prior
+from fastmbr.variation.munit.networks import (Generator, MultiScaleDiscriminator, MunitArch, arch_preset, fit_critics,
+                                              init_weights)
+from fastmbr.variation.munit.semantic import accuracy, semantic_classifier, semantic_loss
+from fastmbr.variation.munit.variation import PRIORS, MunitVariation, sample_prior
 
 # Per size preset: iterations, learning rate and step-decay period used when the config leaves them None.
 # tiny raises the lr from Table 8's 1e-4 to 1e-3 so that a 32 px model converges within minutes on 2 CPU cores.
 PRESET_SCHEDULE = {
     "tiny": {"iters": 1000, "lr": 1e-3, "lr_step": 500},
+    "mid": {"iters": 4000, "lr": 2e-4, "lr_step": 2000},
     "base": {"iters": 100_000, "lr": 1e-4, "lr_step": 100_000},
 }
 
@@ -49,6 +56,9 @@ class MunitTrainConfig:
     recon_c: float = 1.0
     recon_s: float = 1.0
     recon_x_cyc: float = 0.0  # MUNIT's recon_x_cyc_w: x → translated → back must return x (keeps content)
+    semantic: float = 0.0  # ours: CE of a frozen A-classifier on G(x_A, δ) against y_A (CyCADA's semantic loss)
+    semantic_epochs: int = 20  # epochs of that classifier on A's labelled training split (batch 32)
+    snapshots: tuple[int, ...] = ()  # iterations at which G is also kept under snapshots/
     gan: float = 1.0
     prior: str = "gaussian"
     bound: float = 2.0
@@ -64,13 +74,27 @@ class MunitTrainConfig:
             raise FastmbrError(f"unknown MUNIT size {self.size!r}; known: {', '.join(PRESET_SCHEDULE)}")
         d = PRESET_SCHEDULE[self.size]
         cfg = replace(self, iters=self.iters or d["iters"], lr=self.lr or d["lr"], lr_step=self.lr_step or d["lr_step"])
-        for name in ("iters", "batch_size", "lr_step", "checkpoint_every"):
+        for name in ("iters", "batch_size", "lr_step", "checkpoint_every", "semantic_epochs"):
             if getattr(cfg, name) < 1:
                 raise FastmbrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-        return cfg
+        for name in ("semantic", "recon_x_cyc"):
+            value = getattr(cfg, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise FastmbrError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if not (math.isfinite(cfg.bound) and cfg.bound > 0):
+            raise FastmbrError(f"--bound must be a finite number > 0, got {cfg.bound}")
+        if cfg.prior not in PRIORS:
+            raise FastmbrError(f"--prior must be one of {', '.join(PRIORS)}, got {cfg.prior!r}")
+        bad = [s for s in cfg.snapshots if not 1 <= s <= cfg.iters]
+        if bad:
+            raise FastmbrError(f"--snapshots must lie in 1..{cfg.iters} (the iterations), got {bad}")
+        return replace(cfg, snapshots=tuple(sorted(set(int(s) for s in cfg.snapshots))))
 
-    def arch(self, channels: int) -> MunitArch:
-        return replace(arch_preset(self.size, channels, self.style_dim), **self.arch_overrides)
+    def arch(self, channels: int, image_size: int | None = None) -> MunitArch:
+        """The preset's networks, critics fitted to ``image_size`` (fit_critics), then ``arch_overrides``."""
+        arch = arch_preset(self.size, channels, self.style_dim)
+        arch = fit_critics(arch, image_size) if image_size is not None else arch
+        return replace(arch, **self.arch_overrides)
 
 
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -80,9 +104,10 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class MunitTrainer(nn.Module):
     """Both auto-encoders, both critics, their optimisers and schedules."""
 
-    def __init__(self, arch: MunitArch, cfg: MunitTrainConfig):
+    def __init__(self, arch: MunitArch, cfg: MunitTrainConfig, semantic_net: nn.Module | None = None):
         super().__init__()
         self.arch, self.cfg = arch, cfg
+        self.__dict__["semantic_net"] = semantic_net  # frozen, not ours to train or checkpoint: not a submodule
         self.gen_a, self.gen_b = Generator(arch), Generator(arch)
         self.dis_a, self.dis_b = MultiScaleDiscriminator(arch), MultiScaleDiscriminator(arch)
         for g in (self.gen_a, self.gen_b):
@@ -103,8 +128,10 @@ class MunitTrainer(nn.Module):
     def styles(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return sample_prior(self.cfg.prior, self.style_low, self.style_high, (n,), generator)
 
-    def generator_losses(self, xa: torch.Tensor, xb: torch.Tensor, generator: torch.Generator):
-        """All generator loss terms, and the two translations (for the critic step)."""
+    def generator_losses(self, xa: torch.Tensor, xb: torch.Tensor, generator: torch.Generator,
+                         ya: torch.Tensor | None = None):
+        """All generator loss terms, and the two translations (for the critic step); ``ya``: A's labels, for the
+        semantic term."""
         s_a, s_b = self.styles(xa.shape[0], generator), self.styles(xb.shape[0], generator)
         c_a, s_a_own = self.gen_a.encode(xa)
         c_b, s_b_own = self.gen_b.encode(xb)
@@ -119,16 +146,19 @@ class MunitTrainer(nn.Module):
         }
         if self.cfg.recon_x_cyc > 0:
             losses["cyc"] = l1(self.gen_a.decode(c_a_rec, s_a_own), xa) + l1(self.gen_b.decode(c_b_rec, s_b_own), xb)
+        if self.cfg.semantic > 0 and self.semantic_net is not None and ya is not None:
+            losses["sem"] = semantic_loss(self.semantic_net, x_ab, ya)
         return losses, x_ab, x_ba
 
-    def step(self, xa: torch.Tensor, xb: torch.Tensor, generator: torch.Generator) -> dict[str, float]:
+    def step(self, xa: torch.Tensor, xb: torch.Tensor, generator: torch.Generator,
+             ya: torch.Tensor | None = None) -> dict[str, float]:
         """One generator update then one critic update; returns the loss terms."""
         c = self.cfg
         for p in self.dis_params:
             p.requires_grad_(False)
-        losses, x_ab, x_ba = self.generator_losses(xa, xb, generator)
+        losses, x_ab, x_ba = self.generator_losses(xa, xb, generator, ya)
         total = c.recon_x * losses["x"] + c.recon_c * losses["c"] + c.recon_s * losses["s"] + c.gan * losses["gan"]
-        total = total + c.recon_x_cyc * losses.get("cyc", 0.0)
+        total = total + c.recon_x_cyc * losses.get("cyc", 0.0) + c.semantic * losses.get("sem", 0.0)
         self.opt_gen.zero_grad(set_to_none=True)
         total.backward()
         self.opt_gen.step()
@@ -196,12 +226,17 @@ def _format_losses(avg: dict[str, float]) -> str:
 
 
 def train_munit(domain_a: torch.Tensor, domain_b: torch.Tensor, cfg: MunitTrainConfig, out_dir: str | Path,
-                device: str | torch.device = "cpu", progress: bool = True, resume: bool = False) -> MunitVariation:
-    """Train on uint8 ``[N, C, H, W]`` domains; writes G, checkpoints and sample grids into out_dir; returns G."""
+                device: str | torch.device = "cpu", progress: bool = True, resume: bool = False,
+                labels_a: torch.Tensor | None = None, num_classes: int | None = None) -> MunitVariation:
+    """Train on uint8 ``[N, C, H, W]`` domains; writes G, checkpoints and sample grids into out_dir; returns G.
+
+    ``labels_a`` (and ``num_classes``) label domain A's images: needed by the semantic term only."""
     cfg = cfg.resolved()
     out_dir, device = Path(out_dir), torch.device(device)
-    arch = cfg.arch(domain_a.shape[1] if domain_a.dim() == 4 else 3)
+    arch = cfg.arch(domain_a.shape[1] if domain_a.dim() == 4 else 3, domain_a.shape[-1] if domain_a.dim() == 4 else None)
     size = check_domains(domain_a, domain_b, arch)
+    if cfg.semantic > 0 and (labels_a is None or num_classes is None or len(labels_a) != len(domain_a)):
+        raise FastmbrError("--semantic needs domain A's labels (train G from a DATASET, not --a-dir/--b-dir)")
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise FastmbrError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
@@ -209,10 +244,17 @@ def train_munit(domain_a: torch.Tensor, domain_b: torch.Tensor, cfg: MunitTrainC
     if state is not None and not cfg.source:
         cfg = replace(cfg, source=state["config"].get("source", {}))
     torch.manual_seed(cfg.seed)
-    trainer = MunitTrainer(arch, cfg).to(device)
+    semantic_net = None
+    if cfg.semantic > 0:
+        semantic_net = semantic_classifier(domain_a, labels_a, num_classes, cfg.semantic_epochs, cfg.seed, out_dir,
+                                           device)
+        cfg = replace(cfg, source={**cfg.source, "semantic_train_top1": round(accuracy(semantic_net, domain_a,
+                                                                                        labels_a), 4)})
+    trainer = MunitTrainer(arch, cfg, semantic_net).to(device)
     rng = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    start = _resume(trainer, rng, state, ckpt_path, arch, size) if state is not None else 0
+    start, seconds = _resume(trainer, rng, state, ckpt_path, arch, size) if state is not None else (0, 0.0)
     data_a, data_b = domain_a.to(device), domain_b.to(device)
+    targets_a = labels_a.to(device) if cfg.semantic > 0 else None
     fixed = _fixed_samples(data_a, data_b, cfg, trainer)
     history: dict[str, float] = {}
     with _progress(progress) as bar:
@@ -221,7 +263,8 @@ def train_munit(domain_a: torch.Tensor, domain_b: torch.Tensor, cfg: MunitTrainC
         for it in range(start, cfg.iters):
             ia = torch.randint(len(data_a), (cfg.batch_size,), generator=rng).to(device)
             ib = torch.randint(len(data_b), (cfg.batch_size,), generator=rng).to(device)
-            losses = trainer.step(to_signed(data_a[ia]), to_signed(data_b[ib]), rng)
+            ya = targets_a[ia] if targets_a is not None else None
+            losses = trainer.step(to_signed(data_a[ia]), to_signed(data_b[ib]), rng, ya)
             history = {k: 0.9 * history.get(k, v) + 0.1 * v for k, v in losses.items()}
             done_since += 1
             if (it + 1) % 10 == 0 or it + 1 == cfg.iters:
@@ -230,8 +273,11 @@ def train_munit(domain_a: torch.Tensor, domain_b: torch.Tensor, cfg: MunitTrainC
             if not all(math.isfinite(v) for v in losses.values()):
                 raise FastmbrError(f"MUNIT training diverged at iteration {it + 1} ({_format_losses(losses)}); "
                                    f"lower --lr")
+            elapsed = seconds + time.perf_counter() - t0
+            if it + 1 in cfg.snapshots:
+                _snapshot(trainer, it + 1, out_dir, size, fixed, history, elapsed)
             if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iters:
-                _checkpoint(trainer, rng, it + 1, out_dir, size, fixed, history)
+                _checkpoint(trainer, rng, it + 1, out_dir, size, fixed, history, elapsed)
     return trainer.variation(size)
 
 
@@ -245,22 +291,43 @@ def _fixed_samples(data_a, data_b, cfg: MunitTrainConfig, trainer: MunitTrainer)
     return data_a[ia.to(dev)].float() / 255, data_b[ib.to(dev)].float() / 255, deltas.to(dev)
 
 
+def training_record(trainer: MunitTrainer, iteration: int, losses: dict[str, float], seconds: float) -> dict:
+    """What G.json says of G's training: data, preset, iterations, batch, lr, loss weights, minutes."""
+    c = trainer.cfg
+    return {**c.source, "iterations": iteration, "planned_iterations": c.iters, "batch_size": c.batch_size,
+            "recon_x_cyc": c.recon_x_cyc, "semantic": c.semantic, "lr": c.lr, "seed": c.seed,
+            "train_minutes": round(seconds / 60, 2), "final_losses": {k: round(v, 5) for k, v in losses.items()}}
+
+
 def _checkpoint(trainer: MunitTrainer, rng: torch.Generator, iteration: int, out_dir: Path, size: int, fixed,
-                losses: dict[str, float]) -> None:
+                losses: dict[str, float], seconds: float) -> None:
     state = {"iteration": iteration, "trainer": trainer.state_dict(), "opt_gen": trainer.opt_gen.state_dict(),
              "opt_dis": trainer.opt_dis.state_dict(), "sched_gen": trainer.sched_gen.state_dict(),
              "sched_dis": trainer.sched_dis.state_dict(), "rng": rng.get_state(), "arch": trainer.arch.to_dict(),
-             "image_size": size, "config": asdict(trainer.cfg)}
+             "image_size": size, "config": asdict(trainer.cfg), "seconds": seconds}
     save_checkpoint(out_dir / CHECKPOINT, state)
     g = trainer.variation(size)
-    training = {**trainer.cfg.source, "iterations": iteration, "planned_iterations": trainer.cfg.iters,
-                "batch_size": trainer.cfg.batch_size, "recon_x_cyc": trainer.cfg.recon_x_cyc,
-                "lr": trainer.cfg.lr, "final_losses": {k: round(v, 5) for k, v in losses.items()}}
-    save_variation(g, out_dir, trainer.cfg.size, training)
+    save_variation(g, out_dir, trainer.cfg.size, training_record(trainer, iteration, losses, seconds))
     save_grid(g, *fixed, out_dir / "samples" / f"iter_{iteration:07d}.png")
 
 
-def _resume(trainer: MunitTrainer, rng: torch.Generator, state: dict, path: Path, arch: MunitArch, size: int) -> int:
+def snapshot_dir(g_dir: str | Path, iteration: int) -> Path:
+    """Where the snapshot of G at ``iteration`` lives: a G_DIR of its own."""
+    return Path(g_dir) / "snapshots" / f"iter_{iteration:07d}"
+
+
+def _snapshot(trainer: MunitTrainer, iteration: int, out_dir: Path, size: int, fixed, losses: dict[str, float],
+              seconds: float) -> None:
+    record = {**training_record(trainer, iteration, losses, seconds), "planned_iterations": iteration,
+              "snapshot_of": str(out_dir)}
+    g, where = trainer.variation(size), snapshot_dir(out_dir, iteration)
+    save_variation(g, where, trainer.cfg.size, record)
+    save_grid(g, *fixed, where / "samples.png")
+
+
+def _resume(trainer: MunitTrainer, rng: torch.Generator, state: dict, path: Path, arch: MunitArch,
+            size: int) -> tuple[int, float]:
+    """Load the trainer state; returns (iterations done, seconds spent training so far)."""
     if state.get("arch") != arch.to_dict() or state.get("image_size") != size:
         raise FastmbrError(f"{path}: the checkpoint was trained with another architecture or image size "
                            f"({state.get('arch')}, {state.get('image_size')} px)")
@@ -268,4 +335,4 @@ def _resume(trainer: MunitTrainer, rng: torch.Generator, state: dict, path: Path
     for name in ("opt_gen", "opt_dis", "sched_gen", "sched_dis"):
         getattr(trainer, name).load_state_dict(state[name])
     rng.set_state(state["rng"])
-    return int(state["iteration"])
+    return int(state["iteration"]), float(state.get("seconds", 0.0))
