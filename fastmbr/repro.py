@@ -70,8 +70,21 @@ def learned_model_dir(root: Path, recipe: dict, name: str, full: bool) -> Path:
 
 
 def learned_models_used(recipe: dict, runs: list[str]) -> set[str]:
-    return {m[len("learned:"):] for run in runs for m in recipe["runs"][run].get("model", [])
+    return {m[len("learned:"):].split("@")[0] for run in runs for m in recipe["runs"][run].get("model", [])
             if m.startswith("learned:")}
+
+
+def snapshots_used(recipe: dict, runs: list[str], name: str) -> set[int]:
+    """Iterations of the snapshots of learned model ``name`` that the runs train with."""
+    used = set()
+    for run in runs:
+        spec = recipe["runs"][run]
+        for m in spec.get("model", []):
+            if m.startswith(f"learned:{name}@"):
+                used.add(int(m.split("@")[1]))
+            elif m == f"learned:{name}" and "snapshot" in spec:
+                used.add(int(spec["snapshot"]))
+    return used
 
 
 def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str,
@@ -96,10 +109,26 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
         command += ["--cycle", str(spec["cycle"])] if "cycle" in spec else []
         command += ["--classes", str(spec["classes"])] if "classes" in spec else []
         command += ["--image-size", str(spec["image_size"])] if "image_size" in spec else []
+        for key in ("batch_size", "lr", "semantic", "prior", "bound"):
+            command += [f"--{key.replace('_', '-')}", str(spec[key])] if key in spec else []
+        command += ["--snapshots", ",".join(map(str, spec["snapshots"]))] if spec.get("snapshots") else []
         command += ["--data-dir", data_dir] if data_dir else []
         command += ["--resume"] if (g_dir / "checkpoint.pt").exists() else []
         if subprocess.run(command).returncode != 0:
             raise FastmbrError(f"training the learned model {name!r} failed: {' '.join(command)}")
+
+
+def score_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str, runs: list[str],
+                         full: bool) -> None:
+    """Score each G (and each snapshot) the runs use, once: the report prints the score beside the rows."""
+    from fastmbr.repro_gscore import check_snapshot, ensure_score
+
+    for name in sorted(learned_models_used(recipe, runs)):
+        spec = learned_model_spec(recipe, name, full)
+        g_dir = learned_model_dir(root, recipe, name, full)
+        folders = [g_dir] + [check_snapshot(g_dir, it) for it in sorted(snapshots_used(recipe, runs, name))]
+        for folder in folders:
+            ensure_score(folder, spec["dataset"], spec["shift"], data_dir, device, root / "G" / "score_cache")
 
 
 def check_learned_model(g_dir: Path, spec: dict, name: str) -> None:
@@ -114,11 +143,14 @@ def check_learned_model(g_dir: Path, spec: dict, name: str) -> None:
     wanted = {"dataset": spec["dataset"], "shift": spec["shift"].split(":")[0], "size": size,
               "iterations": spec.get("iters", PRESET_SCHEDULE.get(size, {}).get("iters")),
               "classes": spec.get("classes"), "image_size": spec.get("image_size"),
-              "recon_x_cyc": float(spec.get("cycle", 0.0))}
+              "recon_x_cyc": float(spec.get("cycle", 0.0)), "semantic": float(spec.get("semantic", 0.0)),
+              "batch_size": spec.get("batch_size"), "prior": spec.get("prior"), "bound": spec.get("bound")}
     found = {"dataset": training.get("dataset"), "shift": training.get("shift"), "size": meta.get("size"),
              "iterations": training.get("planned_iterations", training.get("iterations")),
              "classes": training.get("classes"), "image_size": meta.get("image_size"),
-             "recon_x_cyc": training.get("recon_x_cyc", 0.0)}
+             "recon_x_cyc": training.get("recon_x_cyc", 0.0), "semantic": float(training.get("semantic", 0.0)),
+             "batch_size": training.get("batch_size"), "prior": meta.get("prior"),
+             "bound": (meta.get("delta_box") or [None, None])[1]}
     for key, value in wanted.items():
         if value is not None and found[key] is not None and str(found[key]) != str(value):
             raise FastmbrError(f"{g_dir} holds a G trained with {key} {found[key]}, but the recipe's learned model "
@@ -126,9 +158,19 @@ def check_learned_model(g_dir: Path, spec: dict, name: str) -> None:
 
 
 def resolve_models(specs: list[str], root: Path, recipe: dict, full: bool) -> list[str]:
-    """``learned:NAME`` → the recipe's G folder; other specs unchanged."""
-    return [str(learned_model_dir(root, recipe, s[len("learned:"):], full)) if s.startswith("learned:") else s
-            for s in specs]
+    """``learned:NAME`` → the recipe's G folder, ``learned:NAME@N`` → its snapshot at iteration N; other specs
+    unchanged."""
+    from fastmbr.repro_gscore import snapshot_dir
+
+    resolved = []
+    for s in specs:
+        if not s.startswith("learned:"):
+            resolved.append(s)
+            continue
+        name, _, iteration = s[len("learned:"):].partition("@")
+        g_dir = learned_model_dir(root, recipe, name, full)
+        resolved.append(str(snapshot_dir(g_dir, int(iteration)) if iteration else g_dir))
+    return resolved
 
 
 def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | None, device: str, root: Path):
@@ -140,7 +182,10 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.algo.k = spec.get("k", cfg.algo.k)
     cfg.algo.lam = spec.get("lambda", cfg.algo.lam)
     cfg.algo.alpha = spec.get("alpha", cfg.algo.alpha)
-    cfg.algo.models = resolve_models(list(spec.get("model", cfg.algo.models)), root.parent, recipe, full)
+    models = list(spec.get("model", cfg.algo.models))
+    if "snapshot" in spec:  # a sweep over the iterations of one learned G (the paper's Figure 8)
+        models = [f"{m}@{spec['snapshot']}" if m.startswith("learned:") and "@" not in m else m for m in models]
+    cfg.algo.models = resolve_models(models, root.parent, recipe, full)
     cfg.optim.epochs = spec.get("epochs", cfg.optim.epochs)
     cfg.optim.warmup_epochs = spec.get("warmup_epochs", 0)
     cfg.optim.lr = spec.get("lr", cfg.optim.lr)
@@ -167,6 +212,7 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
         raise FastmbrError(f"recipe {recipe['name']} has no run {', '.join(unknown)}; it has: "
                            f"{', '.join(recipe['runs'])}")
     ensure_learned_models(recipe, root, data_dir, device, only, full)
+    score_learned_models(recipe, root, data_dir, device, only or list(recipe["runs"]), full)
     root = root / recipe["name"]
     for seed in range(seeds or recipe.get("seeds", 3)):
         for run in only or recipe["runs"]:
@@ -328,7 +374,7 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
     for run in recipe["runs"]:
         ms = runs.get(run, [])
         lines.append(
-            f"| {run.upper()} | {run_model(recipe, run)} | {len(ms)} | "
+            f"| {run.upper()} | {run_model(recipe, run, root, full)} | {len(ms)} | "
             f"{mean_sd([m['test']['A']['top1'] for m in ms])} | "
             f"{mean_sd([m['test']['B']['top1'] for m in ms])} | {mean_sd([m['test']['B']['top5'] for m in ms])} | "
             f"{paper.get(run, '–')} |"
@@ -337,7 +383,7 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
     out = Path("results") / f"{recipe['name']}.md"
     out.parent.mkdir(exist_ok=True)
     if "sweep" in recipe:
-        lines += sweep_section(recipe, runs, out.parent / recipe["name"])
+        lines += sweep_section(recipe, runs, out.parent / recipe["name"], root, full)
     if "eval_shifts" in recipe:
         lines += matched_model_section(recipe, runs)
         lines += shift_curve_section(recipe, runs, out.parent / recipe["name"])
@@ -345,18 +391,31 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
     return out
 
 
-def run_model(recipe: dict, run: str) -> str:
-    """What the run's algorithm used: its models of variation (``learned:NAME`` → NAME, learned) and k."""
+def run_model(recipe: dict, run: str, root: Path = Path("runs/repro"), full: bool = False) -> str:
+    """What the run's algorithm used: its models of variation (a learned one with its score) and k."""
     from fastmbr.algorithms import build_algorithm
 
-    cfg = run_config(recipe, run, 0, False, None, "cpu", Path("."))
+    cfg = run_config(recipe, run, 0, full, None, "cpu", root / recipe["name"])
     k = build_algorithm(cfg.algo.name, k=cfg.algo.k).k  # the algorithm's default when the recipe sets none
     if cfg.algo.name == "pgd":
         return f"x + δ, ℓ∞ ≤ 8/255, {k} steps"
     if cfg.algo.name in ("erm", "adda", "augmix"):
         return "–"
-    models = [m if m.startswith("known:") else Path(m).name + " (learned)" for m in cfg.algo.models]
+    models = [m if m.startswith("known:") else learned_name(Path(m)) for m in cfg.algo.models]
     return f"{' ∘ '.join(models)}, k={k}"
+
+
+def learned_name(g_dir: Path) -> str:
+    """``gtsrb-contrast (learned; tiny 4000 it × batch 16: content kept 85% ...)``: the G and its score."""
+    from fastmbr.repro_gscore import read_score, summary
+
+    snapshots = g_dir.parent.name == "snapshots"
+    name = g_dir.parent.parent.name + f"@{int(g_dir.name.split('_')[1])}" if snapshots else g_dir.name
+    try:
+        scored = summary(read_score(g_dir)) if (g_dir / "G.json").is_file() else "not trained here"
+    except FastmbrError:
+        scored = "unreadable G.json"
+    return f"{name} (learned; {scored})"
 
 
 def sweep_points(recipe: dict, runs: dict[str, list[dict]]) -> dict[str, list[tuple[int, list[float]]]]:
@@ -370,7 +429,8 @@ def sweep_points(recipe: dict, runs: dict[str, list[dict]]) -> dict[str, list[tu
     return points
 
 
-def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> list[str]:
+def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path, root: Path | None = None,
+                  full: bool = False) -> list[str]:
     """A value × algorithm table of B top-1 (mean ± sd), and the same as CSV and a line plot in ``folder``."""
     param, points = recipe["sweep"]["param"], sweep_points(recipe, runs)
     values = sorted({v for series in points.values() for v, _ in series})
@@ -384,6 +444,7 @@ def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> li
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             csv.append(f"{name},{value},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
             table[name, value] = mean_sd(accs)
+    extra_rows = snapshot_rows(recipe, values, folder, root, full) if param == "snapshot" and root else []
     (folder / "sweep.csv").write_text("\n".join(csv) + "\n")
     erm = [m["test"]["B"]["top1"] for m in runs.get("erm", [])]
     plot_sweep(points, param, recipe.get("title", recipe["name"]), folder / "sweep.png",
@@ -393,7 +454,33 @@ def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> li
              "|---|" + "---|" * len(values)]
     for name in points:
         lines.append(f"| {name.upper()} | " + " | ".join(table.get((name, v), "–") for v in values) + " |")
-    return lines + [""]
+    return lines + extra_rows + [""]
+
+
+def snapshot_rows(recipe: dict, values: list[int], folder: Path, root: Path, full: bool) -> list[str]:
+    """For a sweep over the snapshots of one learned G: each snapshot's score as table rows and ``g_scores.csv``."""
+    from fastmbr.repro_gscore import read_score, snapshot_dir
+
+    names = sorted({m[len("learned:"):].split("@")[0] for spec in recipe["sweep"]["runs"].values()
+                    for m in spec.get("model", []) if m.startswith("learned:")})
+    if len(names) != 1:
+        return []
+    g_dir = learned_model_dir(root, recipe, names[0], full)
+    scores = {v: read_score(snapshot_dir(g_dir, v)) if (snapshot_dir(g_dir, v) / "G.json").is_file() else None
+              for v in values}
+    csv = ["snapshot,content_kept,content_kept_vs_identity,content_kept_worst_of_k,shift_achieved"]
+    for v, r in scores.items():
+        if r is not None:
+            worst = next(r[k] for k in r if k.startswith("content_kept_worst_of_"))
+            csv.append(f"{v},{r['content_kept']:.4f},{r['content_kept_vs_identity']:.4f},{worst:.4f},"
+                       f"{r['shift_achieved']:.4f}")
+    (folder / "g_scores.csv").write_text("\n".join(csv) + "\n")
+
+    def cells(key: str) -> str:
+        return " | ".join(f"{100 * scores[v][key]:.1f}%" if scores[v] else "–" for v in values)
+
+    return [f"| G content kept ([CSV]({folder.name}/g_scores.csv)) | {cells('content_kept')} |",
+            f"| G shift achieved | {cells('shift_achieved')} |"]
 
 
 def shift_curve_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> list[str]:

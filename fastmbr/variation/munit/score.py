@@ -1,11 +1,15 @@
 """How good is a learned G? Two numbers, each judged by a helper classifier (the paper's CNN):
 
 * **content kept**: accuracy of an *oracle* (trained on labelled A ∪ B training images, so it is indifferent to
-  the shift) on G(x_A, δ) with the labels of x_A, δ drawn from G's prior;
+  the shift) on G(x_A, δ) with the labels of x_A, δ drawn from G's prior; also as a ratio to the oracle's accuracy
+  on x_A itself, and in the worst of k draws per image (every one of k draws must keep the label: what MRT-k sees);
 * **shift achieved**: share of G(x_A, δ) that a *domain classifier* (A vs B) calls B.
 
-Both are also reported on x_A itself (identity) and on real B test images, as the floor and the ceiling.
-The helpers are trained once (Adadelta, lr 1.0, as the paper's CNN) and cached under ``cache_dir``.
+Both are also reported on x_A itself (identity) and on real B test images, as the floor and the ceiling; those
+two rows are the helpers' own test accuracies (``helpers``), so a weak judge shows. The helpers are trained once
+(Adadelta, lr 1.0, as the paper's CNN; 10 epochs at batch 64 reach ~90 % on GTSRB's real A and B test images, where
+3 epochs at batch 128 stopped at 61 %) and cached under ``cache_dir``. The oracle sees labels of B: it is a judge,
+never used for training.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from fastmbr.fileio import atomic_write
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    epochs: int = 3
-    max_train: int = 6000  # helper training images (A ∪ B), drawn evenly from both pools
+    epochs: int = 10
+    max_train: int = 20000  # helper training images (A ∪ B), drawn evenly from both pools
     max_test: int | None = None
-    batch_size: int = 128
+    batch_size: int = 64
     seed: int = 0
+    worst_k: int = 10  # draws per image for "content kept, worst of k"
 
 
 def train_classifier(images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: ScoreConfig,
@@ -70,7 +75,7 @@ def helper_classifiers(domains: Domains, cfg: ScoreConfig, device: torch.device,
     labels = torch.cat([pool_a.labels[ia], pool_b.labels[ib]])
     domain = torch.cat([torch.zeros(len(ia), dtype=torch.long), torch.ones(len(ib), dtype=torch.long)])
     key = (f"{domains.info.name}-{domains.shift.kind}-{domains.shift.a}-{domains.shift.b}-{images.shape[-1]}px-"
-           f"n{len(images)}-of{len(pool_a) + len(pool_b)}-e{cfg.epochs}-s{cfg.seed}")
+           f"n{len(images)}-of{len(pool_a) + len(pool_b)}-e{cfg.epochs}-b{cfg.batch_size}-s{cfg.seed}")
     oracle = _cached(cache_dir, f"oracle-{key}", lambda: train_classifier(images, labels, domains.num_classes,
                                                                            cfg, device), domains.num_classes,
                      images.shape, device)
@@ -107,9 +112,24 @@ def _rates(images: torch.Tensor, labels: torch.Tensor, oracle: nn.Module, critic
     return {"content_kept": correct / n, "shift_achieved": called_b / n}
 
 
+@torch.no_grad()
+def _worst_of_k(images: torch.Tensor, labels: torch.Tensor, oracle: nn.Module, g: NaturalVariation, k: int,
+                generator: torch.Generator, device, batch_size: int = 128) -> float:
+    """Share of images whose k draws G(x, δ_1..k) the oracle all labels right."""
+    kept = 0
+    for x, y in zip(images.split(batch_size), labels.split(batch_size)):
+        x, y = x.to(device).float() / 255.0, y.to(device)
+        varied = g.expand(x, g.sample_delta(x.shape[0], k, generator).to(device))  # [k, B, C, H, W]
+        right = torch.stack([oracle(v).argmax(1) == y for v in varied])
+        kept += int(right.all(0).sum())
+    return kept / max(len(images), 1)
+
+
 def score(g: NaturalVariation, domains: Domains, device: str | torch.device = "cpu",
-          cache_dir: str | Path | None = None, cfg: ScoreConfig = ScoreConfig()) -> dict:
-    """Content kept and shift achieved by G on domain A's test images (and the identity / real-B references)."""
+          cache_dir: str | Path | None = None, cfg: ScoreConfig = ScoreConfig(), g_info: dict | None = None) -> dict:
+    """Content kept and shift achieved by G on domain A's test images (and the identity / real-B references).
+
+    ``g_info``: what G is (preset, iterations, batch, minutes...), copied into the result."""
     device = torch.device(device)
     test_a, test_b = domains.test.get("A"), domains.test.get("B")
     if test_a is None or test_b is None:
@@ -124,12 +144,32 @@ def score(g: NaturalVariation, domains: Domains, device: str | torch.device = "c
     def vary(x: torch.Tensor) -> torch.Tensor:
         return g(x, g.sample_delta(x.shape[0], 1, gen)[0].to(device))
 
+    varied = _rates(test_a.images, test_a.labels, oracle, critic, device, vary)
+    identity = _rates(test_a.images, test_a.labels, oracle, critic, device)
+    real_b = _rates(test_b.images, test_b.labels, oracle, critic, device)
+    worst = _worst_of_k(test_a.images, test_a.labels, oracle, g, cfg.worst_k, gen, device)
     return {
-        **_rates(test_a.images, test_a.labels, oracle, critic, device, vary),
-        "identity": _rates(test_a.images, test_a.labels, oracle, critic, device),
-        "real_b": _rates(test_b.images, test_b.labels, oracle, critic, device),
+        **varied,
+        "content_kept_vs_identity": varied["content_kept"] / max(identity["content_kept"], 1e-9),
+        f"content_kept_worst_of_{cfg.worst_k}": worst,
+        "identity": identity,
+        "real_b": real_b,
+        "helpers": {
+            "oracle_top1": {"real_a": identity["content_kept"], "real_b": real_b["content_kept"]},
+            "domain_top1": {"real_a": 1.0 - identity["shift_achieved"], "real_b": real_b["shift_achieved"]},
+            **asdict(cfg),
+        },
+        "g": g_info or {},
         "n_test": len(test_a),
         "dataset": domains.info.name,
         "shift": domains.shift.label,
-        "helpers": asdict(cfg),
     }
+
+
+def describe_g(meta: dict) -> dict:
+    """The facts of G.json a score reports beside its numbers."""
+    t = meta.get("training", {})
+    return {"preset": meta.get("size"), "iterations": t.get("iterations"), "batch_size": t.get("batch_size"),
+            "train_minutes": t.get("train_minutes"), "semantic": t.get("semantic", 0.0),
+            "recon_x_cyc": t.get("recon_x_cyc", 0.0), "prior": meta.get("prior"), "delta_box": meta.get("delta_box"),
+            "image_size": meta.get("image_size"), "lr": t.get("lr")}

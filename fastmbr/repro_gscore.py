@@ -1,0 +1,85 @@
+"""The score of each learned G a recipe uses, kept beside it (``G_DIR/score.json``) and shown beside every row.
+
+A learned-G row of a results table means little without knowing how good that G is: rows trained with a G that
+destroys the sign and rows trained with one that keeps it are different experiments. So the recipe scores each G
+it uses (``fastmbr model score``'s numbers, the helpers cached once per dataset and shift under ``G/score_cache``),
+and the report prints that score in the row. A score is tied to G's sha256: a G retrained in place is re-scored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastmbr.errors import FastmbrError
+from fastmbr.fileio import atomic_write
+
+SCORE = "score.json"
+
+
+def snapshot_dir(g_dir: Path, iteration: int) -> Path:
+    from fastmbr.variation.munit.train import snapshot_dir as where
+
+    return where(g_dir, iteration)
+
+
+def read_score(g_dir: Path) -> dict | None:
+    """The stored score of G, or None when there is none or it belongs to other weights."""
+    from fastmbr.variation.munit.io import read_meta
+
+    path = Path(g_dir) / SCORE
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return stored if stored.get("g_sha256") == read_meta(g_dir).get("sha256") else None
+
+
+def ensure_score(g_dir: Path, dataset: str, shift: str, data_dir: str | None, device: str,
+                 cache_dir: Path) -> dict:
+    """Score G once (or again after it changed) and store the result in ``G_DIR/score.json``."""
+    import torch
+
+    from fastmbr.pipelines.datasets import load_domains
+    from fastmbr.variation.munit.io import load_variation, read_meta
+    from fastmbr.variation.munit.score import describe_g, score
+
+    found = read_score(g_dir)
+    if found is not None:
+        return found
+    meta = read_meta(g_dir)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    g = load_variation(g_dir, dev)
+    domains = load_domains(dataset, shift, data_dir, image_size=g.image_size)
+    result = {**score(g, domains, dev, cache_dir, g_info=describe_g(meta)), "g_sha256": meta["sha256"]}
+    atomic_write(Path(g_dir) / SCORE, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
+    return result
+
+
+def summary(result: dict | None) -> str:
+    """One cell: what G is and how good it is, e.g. ``tiny 4000 it ×16, sem 1; kept 85% (0.97× id), shift 63%``."""
+    if result is None:
+        return "not scored"
+    g = result.get("g", {})
+    worst = next((k for k in result if k.startswith("content_kept_worst_of_")), None)
+    sem = f", semantic {g['semantic']:g}" if g.get("semantic") else ""
+    worst_part = f", all {worst.rsplit('_', 1)[1]} draws {100 * result[worst]:.0f}%" if worst else ""
+    return (f"{g.get('preset')} {g.get('iterations')} it × batch {g.get('batch_size')}{sem}: content kept "
+            f"{100 * result['content_kept']:.0f}% ({result['content_kept_vs_identity']:.2f}× identity"
+            f"{worst_part}), shift {100 * result['shift_achieved']:.0f}%")
+
+
+def g_dir_of(model: str) -> Path | None:
+    """The G folder behind a resolved ``--model`` entry (None for known models)."""
+    return None if model.startswith("known:") else Path(model)
+
+
+def check_snapshot(g_dir: Path, iteration: int) -> Path:
+    where = snapshot_dir(g_dir, iteration)
+    if not (where / "G.json").is_file():
+        raise FastmbrError(f"{g_dir} has no snapshot at iteration {iteration}: list it under the learned model's "
+                           f"snapshots and train it again (move {g_dir} away)")
+    return where
