@@ -99,7 +99,7 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
             continue
         spec = learned_model_spec(recipe, name, full)
         g_dir = learned_model_dir(root, recipe, name, full)
-        if training_finished(g_dir):
+        if training_finished(g_dir) or snapshots_ready(recipe, runs or list(recipe["runs"]), name, g_dir):
             check_learned_model(g_dir, spec, name)
             continue
         command = [sys.executable, "-m", "fastmbr", "model", "train", spec["dataset"], "--shift", spec["shift"],
@@ -118,17 +118,30 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
             raise FastmbrError(f"training the learned model {name!r} failed: {' '.join(command)}")
 
 
+def snapshots_ready(recipe: dict, runs: list[str], name: str, g_dir: Path) -> bool:
+    """Whether the runs use only snapshots of G, all already written: they can start while G trains on."""
+    from fastmbr.repro_gscore import snapshot_dir
+
+    uses_final = any(m == f"learned:{name}" and "snapshot" not in recipe["runs"][run]
+                     for run in runs for m in recipe["runs"][run].get("model", []))
+    wanted = snapshots_used(recipe, runs, name)
+    return bool(wanted) and not uses_final and all((snapshot_dir(g_dir, it) / "G.json").is_file() for it in wanted)
+
+
 def score_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str, runs: list[str],
                          full: bool) -> None:
     """Score each G (and each snapshot) the runs use, once: the report prints the score beside the rows."""
     from fastmbr.repro_gscore import check_snapshot, ensure_score
+    from fastmbr.variation.munit.io import training_finished
 
     for name in sorted(learned_models_used(recipe, runs)):
         spec = learned_model_spec(recipe, name, full)
         g_dir = learned_model_dir(root, recipe, name, full)
-        folders = [g_dir] + [check_snapshot(g_dir, it) for it in sorted(snapshots_used(recipe, runs, name))]
+        folders = [check_snapshot(g_dir, it) for it in sorted(snapshots_used(recipe, runs, name))]
+        folders += [g_dir] if training_finished(g_dir) else []  # only snapshots are used while G trains on
+        loaded: dict = {}
         for folder in folders:
-            ensure_score(folder, spec["dataset"], spec["shift"], data_dir, device, root / "G" / "score_cache")
+            ensure_score(folder, spec["dataset"], spec["shift"], data_dir, device, root / "G" / "score_cache", loaded)
 
 
 def check_learned_model(g_dir: Path, spec: dict, name: str) -> None:

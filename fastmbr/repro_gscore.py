@@ -38,8 +38,10 @@ def read_score(g_dir: Path) -> dict | None:
 
 
 def ensure_score(g_dir: Path, dataset: str, shift: str, data_dir: str | None, device: str,
-                 cache_dir: Path) -> dict:
-    """Score G once (or again after it changed) and store the result in ``G_DIR/score.json``."""
+                 cache_dir: Path, loaded: dict | None = None) -> dict:
+    """Score G once (or again after it changed) and store the result in ``G_DIR/score.json``.
+
+    ``loaded``: a dict the caller keeps across calls, so that scoring several G's decodes the data once."""
     import torch
 
     from fastmbr.pipelines.datasets import load_domains
@@ -53,7 +55,11 @@ def ensure_score(g_dir: Path, dataset: str, shift: str, data_dir: str | None, de
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     g = load_variation(g_dir, dev)
-    domains = load_domains(dataset, shift, data_dir, image_size=g.image_size)
+    key = (dataset, shift, data_dir, g.image_size)
+    loaded = {} if loaded is None else loaded
+    if key not in loaded:
+        loaded[key] = load_domains(dataset, shift, data_dir, image_size=g.image_size)
+    domains = loaded[key]
     result = {**score(g, domains, dev, cache_dir, g_info=describe_g(meta)), "g_sha256": meta["sha256"]}
     atomic_write(Path(g_dir) / SCORE, lambda f: f.write((json.dumps(result, indent=2) + "\n").encode()))
     return result

@@ -61,7 +61,8 @@ def write_report(g_dirs: list[Path], dataset: str, shift: str, data_dir: str | N
     from fastmbr.repro_gscore import ensure_score
 
     folders = g_folders(g_dirs)
-    results = [(name, folder, ensure_score(folder, dataset, shift, data_dir, device, cache_dir))
+    loaded: dict = {}
+    results = [(name, folder, ensure_score(folder, dataset, shift, data_dir, device, cache_dir, loaded))
                for name, folder in folders]
     images = out.with_suffix("")
     lines = [f"# Learned models of natural variation on {dataset} {shift}: content kept and shift achieved", "",
