@@ -625,7 +625,12 @@ class Trainer:
     def fit(self, resume_state: dict | None = None) -> dict:
         self.setup()
         if resume_state is not None:
-            self.restore(resume_state)
+            try:
+                self.restore(resume_state)
+            except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:  # a foreign checkpoint
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                raise FastmbrError(f"{self.run_dir}: the checkpoint does not fit this run "
+                                   f"({type(exc).__name__}: {first})") from None
             self.log(f"resumed at epoch {self.position[0] + 1} batch {self.position[1]} on "
                      f"{self.dist.world_size} process(es) (restart {restart_count()})")
         start_epoch, start_batch = self.position
@@ -644,7 +649,7 @@ class Trainer:
     def finish(self) -> dict:
         barrier(self.dist)  # rank 0 wrote best.pt; every rank reads it
         if (self.run_dir / "best.pt").exists():
-            self.model.load_state_dict(torch.load(self.run_dir / "best.pt", map_location=self.device))
+            self.model.load_state_dict(ckpt.load_weights(self.run_dir / "best.pt"))
         test = {name: self.evaluate(data) for name, data in self.domains.test.items()}
         metrics = {
             "dataset": self.cfg.data.dataset, "shift": self.domains.shift.label, "algorithm": self.cfg.algo.name,
@@ -745,7 +750,7 @@ def open_run(cfg: RunConfig, resume: bool | str, options: TrainOptions,
     if isinstance(answer, str):
         raise FastmbrError(answer)
     if not dist.is_main and answer.checkpoint is not None:
-        state = torch.load(answer.checkpoint, map_location="cpu", weights_only=False)
+        state = ckpt.safe_load(answer.checkpoint)
     return answer, state
 
 

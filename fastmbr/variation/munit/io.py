@@ -116,7 +116,11 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FastmbrError(f"--resume: no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise FastmbrError(f"{path}: cannot read the checkpoint ({type(exc).__name__})") from None
+    from fastmbr.engine.checkpoint import safe_load
+
+    state = safe_load(path)  # weights_only=True: a crafted file is refused, never run
+    missing = {"iteration", "trainer", "opt_gen", "opt_dis", "sched_gen", "sched_dis", "rng", "config"} - (
+        set(state) if isinstance(state, dict) else set())
+    if missing:
+        raise FastmbrError(f"{path}: not a MUNIT checkpoint of fastmbr (missing {', '.join(sorted(missing))})")
+    return state
