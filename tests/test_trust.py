@@ -145,3 +145,109 @@ def test_foreign_checkpoint_is_one_line(run_copy, capsys):
     torch.save({"epoch": "x"}, run_copy / "best.pt")
     code, err = run_cli(["eval", str(run_copy), "--device", "cpu"], capsys)
     assert code == 2 and len(err) == 1 and "not a model state dict" in err[0], err
+
+
+def _toy_domains():
+    gen = torch.Generator().manual_seed(0)
+    a = (torch.rand(8, 3, 32, 32, generator=gen) * 80).to(torch.uint8)
+    return a, a + 150
+
+
+def _munit_cfg(**kw):
+    from dataclasses import replace
+
+    from fastmbr.variation.munit.train import MunitTrainConfig
+
+    base = MunitTrainConfig(batch_size=2, lr=1e-3, iters=1, checkpoint_every=1, arch_overrides={"dis_layers": 2},
+                            source={"dataset": "toy-a"})
+    return replace(base, **kw)
+
+
+def test_model_train_never_overwrites_a_finished_g(tmp_path):
+    from fastmbr.variation.munit.io import CHECKPOINT, WEIGHTS
+    from fastmbr.variation.munit.train import train_munit
+
+    a, b = _toy_domains()
+    train_munit(a, b, _munit_cfg(), tmp_path, progress=False)
+    (tmp_path / CHECKPOINT).unlink()  # a finished G_DIR whose trainer state was cleaned away
+    before = (tmp_path / WEIGHTS).read_bytes()
+    with pytest.raises(FastmbrError, match="already holds a G"):
+        train_munit(a, b, _munit_cfg(seed=1), tmp_path, progress=False)
+    assert (tmp_path / WEIGHTS).read_bytes() == before
+
+
+@pytest.mark.parametrize("change, culprit", [
+    ({"lr": 5e-4}, "lr"), ({"source": {"dataset": "toy-b"}}, "source.dataset"), ({"style_dim": 4}, "style_dim"),
+    ({"seed": 3}, "seed"), ({"batch_size": 4}, "batch_size"),
+])
+def test_model_train_resume_refuses_another_training(tmp_path, change, culprit):
+    from fastmbr.variation.munit.train import train_munit
+
+    a, b = _toy_domains()
+    train_munit(a, b, _munit_cfg(), tmp_path, progress=False)
+    with pytest.raises(FastmbrError, match=f"refusing to resume a different training.*{culprit}"):
+        train_munit(a, b, _munit_cfg(iters=2, **change), tmp_path, progress=False, resume=True)
+    train_munit(a, b, _munit_cfg(iters=2, checkpoint_every=5), tmp_path, progress=False, resume=True)  # may grow
+
+
+# ---- 3. resume compares the configuration ---------------------------------------------------------------------
+@pytest.mark.parametrize("flags, culprit", [
+    (["--algo", "mda"], "algo.name: 'erm' → 'mda'"),
+    (["--lr", "0.5"], "optim.lr: 1.0 → 0.5"),
+    (["--seed", "1"], "seed: 0 → 1"),
+    (["--limit", "96"], "data.limit: 192 → 96"),
+    (["--epochs", "0"], "optim.epochs"),
+    (["--shift", "background-color:red-blue"], "data.shift"),
+])
+def test_resume_refuses_a_changed_run(run_copy, flags, culprit, capsys):
+    before = snapshot(run_copy)
+    args = [*SMALL, "--out", str(run_copy), "--resume"]
+    for flag_at in range(0, len(flags), 2):  # the new value replaces the one in SMALL
+        if flags[flag_at] in args:
+            del args[args.index(flags[flag_at]):args.index(flags[flag_at]) + 2]
+    code, err = run_cli(["train", "mnist", *args, *flags], capsys)
+    assert code == 2 and len(err) == 1 and "refusing to resume" in err[0] and culprit in err[0], err
+    assert snapshot(run_copy) == before
+
+
+def test_resume_refuses_another_dataset(run_copy, capsys):
+    code, err = run_cli(["train", "fashion-mnist", "--out", str(run_copy), "--resume", "--no-progress"], capsys)
+    assert code == 2 and "data.dataset: 'mnist' → 'fashion-mnist'" in err[0], err
+
+
+def test_short_resume_continues_the_saved_run_and_epochs_may_grow(run_copy, capsys):
+    main(["train", "mnist", "--out", str(run_copy), "--resume", "--no-progress", "--device", "auto"])
+    metrics = json.loads((run_copy / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 1  # not the preset's 100 epochs: flags not given keep the saved values
+    main(["train", "mnist", "--out", str(run_copy), "--resume", "--no-progress", "--epochs", "2"])
+    assert len(json.loads((run_copy / "metrics.json").read_text())["epochs"]) == 2
+
+
+def test_learned_g_is_pinned_by_content_on_resume_and_eval(run_copy, tmp_path, capsys):
+    from fastmbr.engine.resume_check import model_hashes
+    from fastmbr.variation.munit import MunitVariation, arch_preset, save_variation
+
+    g_dir = tmp_path / "G"
+    save_variation(MunitVariation(arch_preset("tiny"), 32), g_dir, "tiny")
+    recorded = model_hashes([str(g_dir), "known:brightness"])
+    assert list(recorded) == [str(g_dir)] and len(recorded[str(g_dir)]) == 64
+    torch.manual_seed(1)
+    save_variation(MunitVariation(arch_preset("tiny"), 32), g_dir, "tiny")  # another G at the same path
+    config = json.loads((run_copy / "config.json").read_text())
+    config["models_sha256"] = recorded
+    (run_copy / "config.json").write_text(json.dumps(config))
+    code, err = run_cli(["eval", str(run_copy), "--device", "cpu"], capsys)
+    assert code == 2 and len(err) == 1 and "now holds another G" in err[0], err
+    code, err = run_cli(["train", "mnist", "--out", str(run_copy), "--resume", "--no-progress"], capsys)
+    assert code == 2 and len(err) == 1 and "now holds another G" in err[0], err
+
+
+def test_new_run_records_its_learned_g(tmp_path):
+    """config.json holds the sha256 of every learned G the run uses (known models need none)."""
+    from fastmbr.config import preset_config
+    from fastmbr.engine.trainer import open_run_folder, TrainOptions
+
+    cfg = preset_config("mnist", "mrt", "background-color")
+    cfg.out = str(tmp_path / "r")
+    open_run_folder(cfg, False, TrainOptions())
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["models_sha256"] == {}

@@ -48,7 +48,8 @@ from fastmbr.engine.distributed import (
 )
 from fastmbr.engine.evaluate import accuracy, shift_summary
 from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
-from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, read_json, write_json
+from fastmbr.engine.resume_check import check_model_hashes, model_hashes, resumed_config
+from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, make_run_folder, read_run_config, write_json
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
 from fastmbr.pipelines.datasets import Domains, Splits, expand_shifts, load_domains, read_splits, unreadable_note
@@ -711,8 +712,10 @@ class OpenedRun:
     reopened: bool = False
 
 
-def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions) -> tuple[OpenedRun, dict | None]:
-    """Create or reopen the run folder (rank 0 only); never overwrite a run that exists unless resuming it.
+def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions,
+                    given: set[str] | None = None) -> tuple[OpenedRun, dict | None]:
+    """Create or reopen the run folder (rank 0 only); never overwrite a run that exists unless resuming it, and
+    resume only the same run (``resume_check``: ``given`` are the config paths the user set, None: all).
 
     Returns the run and the newest checkpoint that loads (None for a new run or one without checkpoints)."""
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.data.dataset, cfg.algo.name)
@@ -722,28 +725,27 @@ def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions) -
     if resume:
         if not config_path.exists():
             raise FastmbrError(f"--resume: {run_dir} holds no run (no config.json)")
-        saved_json = read_json(config_path)
-        saved = RunConfig.from_dict(saved_json)
-        saved.optim.epochs = max(saved.optim.epochs, cfg.optim.epochs) if cfg.optim.epochs else saved.optim.epochs
-        saved.device = cfg.device
+        saved_json = read_run_config(config_path)
+        saved, resumed_options = resumed_config(saved_json, cfg, options, given, run_dir)
         ckpt.remove_stale_temps(run_dir)
         path, state = ckpt.latest_loadable(run_dir)
-        return OpenedRun(saved, options.resumed_with(saved_json.get("options", {})), run_dir, path, True), state
+        return OpenedRun(saved, resumed_options, run_dir, path, True), state
     if config_path.exists():
         raise FastmbrError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, {**cfg.to_dict(), "options": asdict(options), "commit": git_sha()})
+    make_run_folder(run_dir)
+    write_json(config_path, {**cfg.to_dict(), "options": asdict(options), "commit": git_sha(),
+                             "models_sha256": model_hashes(cfg.algo.models)})
     return OpenedRun(cfg, options, run_dir), None
 
 
 def open_run(cfg: RunConfig, resume: bool | str, options: TrainOptions,
-             dist: DistInfo) -> tuple[OpenedRun, dict | None]:
+             dist: DistInfo, given: set[str] | None = None) -> tuple[OpenedRun, dict | None]:
     """Rank 0 opens the folder and picks the checkpoint; every rank gets the same answer (or the same error)
     and then loads that same file: the broadcast is the barrier between rank 0's writes and the others' reads."""
     answer, state = None, None
     if dist.is_main:
         try:
-            answer, state = open_run_folder(cfg, resume, options)
+            answer, state = open_run_folder(cfg, resume, options, given)
         except FastmbrError as exc:
             answer = str(exc)
     answer = broadcast_object(answer, dist)
@@ -755,7 +757,7 @@ def open_run(cfg: RunConfig, resume: bool | str, options: TrainOptions,
 
 
 def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
-          options: TrainOptions | None = None) -> tuple[dict, Path]:
+          options: TrainOptions | None = None, given: set[str] | None = None) -> tuple[dict, Path]:
     """Run (or resume) one training run, in one process or under torchrun; returns its metrics and run folder.
 
     ``resume``: False starts a new run folder (and refuses one that holds a run); True continues the run in
@@ -766,7 +768,7 @@ def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
     options = options or TrainOptions()
     dist = init_from_env(resolve_device(cfg.device))
     try:
-        opened, state = open_run(cfg, resume, options, dist)
+        opened, state = open_run(cfg, resume, options, dist, given)
         trainer = Trainer(opened.cfg, opened.run_dir, progress=progress, options=opened.options)
         if opened.reopened and state is None:
             trainer.log("resumed a run folder without a checkpoint: starting from scratch")
@@ -783,7 +785,9 @@ def evaluation_config(run_dir: Path, dataset: str | None, shift: str | None, dat
     """A run's configuration pointed at the data to score it on (by default: what it was trained on)."""
     if not (run_dir / "config.json").exists():
         raise FastmbrError(f"{run_dir}: not a run folder (no config.json)")
-    cfg = RunConfig.from_dict({k: v for k, v in read_json(run_dir / "config.json").items() if k != "commit"})
+    saved = read_run_config(run_dir / "config.json")
+    check_model_hashes(saved.get("models_sha256", {}), run_dir, missing_ok=True)
+    cfg = RunConfig.from_dict(saved)
     data = replace(cfg.data, dataset=dataset or cfg.data.dataset, shift=shift if dataset or shift else cfg.data.shift,
                    data_dir=data_dir or cfg.data.data_dir,
                    skip_corrupt=cfg.data.skip_corrupt if skip_corrupt is None else skip_corrupt)

@@ -20,6 +20,7 @@ from torch import nn
 
 from fastmbr.errors import FastmbrError
 from fastmbr.variation.munit.io import CHECKPOINT, load_checkpoint, save_checkpoint, save_variation
+from fastmbr.engine.resume_check import check_same_munit_run, refuse_to_overwrite_g
 from fastmbr.variation.munit.networks import Generator, MultiScaleDiscriminator, MunitArch, arch_preset, init_weights
 from fastmbr.variation.munit.variation import MunitVariation, sample_prior
 
@@ -205,7 +206,10 @@ def train_munit(domain_a: torch.Tensor, domain_b: torch.Tensor, cfg: MunitTrainC
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise FastmbrError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    refuse_to_overwrite_g(out_dir, resume)
     state = load_checkpoint(ckpt_path) if resume else None
+    if state is not None:
+        check_same_munit_run(state.get("config", {}), asdict(cfg), ckpt_path)
     if state is not None and not cfg.source:
         cfg = replace(cfg, source=state["config"].get("source", {}))
     torch.manual_seed(cfg.seed)
