@@ -251,3 +251,83 @@ def test_new_run_records_its_learned_g(tmp_path):
     cfg.out = str(tmp_path / "r")
     open_run_folder(cfg, False, TrainOptions())
     assert json.loads((tmp_path / "r" / "config.json").read_text())["models_sha256"] == {}
+
+
+# ---- 4. degenerate values: one line, before anything is written ---------------------------------------------
+@pytest.mark.parametrize("flags, culprit", [
+    (["--algo", "mda", "--lambda", "nan"], "--lambda must be a finite number"),
+    (["--algo", "mda", "--lambda", "inf"], "--lambda must be a finite number"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    (["--lr", "-1"], "--lr must be a finite number and > 0.0"),
+    (["--log-every", "0"], "--log-every must be an integer >= 1"),
+    (["--image-size", "0"], "--image-size must be an integer >= 8"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--accumulate", "0"], "--accumulate must be an integer >= 1"),
+    (["--limit", "1"], "--limit must be an integer >= 2"),
+    (["--limit", "4"], "validation split is empty"),  # known only once the data is read
+    (["--compile-mode", "turbo"], "unknown --compile-mode"),  # refused in set-up, after config.json was written
+])
+def test_degenerate_values_are_refused_and_leave_no_run_folder(tmp_path, flags, culprit, capsys):
+    out = tmp_path / "r"
+    args = [a for a in SMALL]
+    for flag_at in range(0, len(flags), 2):
+        if flags[flag_at] in args:
+            del args[args.index(flags[flag_at]):args.index(flags[flag_at]) + 2]
+    code, err = run_cli(["train", "mnist", *args, *flags, "--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and culprit in err[0], err
+    assert not out.exists()  # the corrected command is not blocked by a half run folder
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("the user's")
+    code, err = run_cli(["train", "mnist", *args, *flags, "--out", str(existing)], capsys)
+    assert code == 2 and sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_an_epoch_whose_every_step_was_skipped_is_an_error(tmp_path, capsys, monkeypatch):
+    """3 steps per epoch, all NaN, --max-nonfinite 5: no "in a row" limit is reached, yet nothing was trained."""
+    from fastmbr.algorithms.erm import ERM
+
+    plain = ERM.loss
+    monkeypatch.setattr(ERM, "loss", lambda self, m, G, x, y: {**plain(self, m, G, x, y),
+                                                               "loss": plain(self, m, G, x, y)["loss"] * float("nan")})
+    for optimizer in ("sgd", "adadelta"):  # the host-side and the device-side skip
+        code, err = run_cli(["train", "mnist", *SMALL[:-1], "--limit", "96", "--optimizer", optimizer,
+                             "--out", str(tmp_path / optimizer), "--no-progress"], capsys)
+        assert code == 2 and len(err) == 1 and "every one of the 3 step(s) of epoch 1" in err[0], err
+
+
+def test_munit_degenerate_values_are_refused(tmp_path):
+    from fastmbr.variation.munit.train import train_munit
+
+    a, b = _toy_domains()
+    for change, culprit in (({"lr": -1.0}, "--lr"), ({"lr": float("nan")}, "--lr"), ({"style_dim": 0}, "style-dim"),
+                            ({"recon_x_cyc": float("inf")}, "--cycle")):
+        with pytest.raises(FastmbrError, match=culprit):
+            train_munit(a, b, _munit_cfg(**change), tmp_path / "g", progress=False)
+        assert not (tmp_path / "g").exists()
+
+
+# ---- 5. errors a user can read ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, culprit", [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "expected a JSON object, got list"),
+    ('{"data": {"dataset": 3}, "algo": {}, "optim": {}}', "data: dataset: 3 is not of type str"),
+    ('{"data": {}, "algo": {}, "optim": {"epohcs": 3}}', "unknown key(s) epohcs"),
+    ('{"data": {}, "algo": {}, "optim": {}, "seeed": 1}', "unknown key(s) seeed"),
+])
+def test_corrupt_or_foreign_config_json_is_one_line(run_copy, text, culprit, capsys):
+    (run_copy / "config.json").write_text(text)
+    for args in (["eval", str(run_copy), "--device", "cpu"],
+                 ["train", "mnist", "--out", str(run_copy), "--resume", "--no-progress"]):
+        code, err = run_cli(args, capsys)
+        assert code == 2 and len(err) == 1 and culprit in err[0], err
+
+
+def test_out_that_is_a_file_or_cannot_be_created_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("mine")
+    for out, culprit in ((tmp_path / "file", "is a file"), (tmp_path / "file" / "sub", "--out"),
+                         (Path("/proc/fastmbr-cannot-be-here"), "--out")):
+        code, err = run_cli(["train", "mnist", *SMALL, "--out", str(out)], capsys)
+        assert code == 2 and len(err) == 1 and culprit in err[0], err
+    assert (tmp_path / "file").read_text() == "mine"

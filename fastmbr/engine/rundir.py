@@ -62,9 +62,11 @@ def read_run_config(path: Path) -> dict:
     return data
 
 
-def make_run_folder(run_dir: Path) -> None:
-    """Create the run folder, or say in one line why it cannot be (a file in the way, no permission)."""
-    if run_dir.exists() and not run_dir.is_dir():
+def make_run_folder(run_dir: Path) -> bool:
+    """Create the run folder, or say in one line why it cannot be (a file in the way, no permission); returns
+    whether it was created (a failed start then removes it again)."""
+    made = not run_dir.exists()
+    if not made and not run_dir.is_dir():
         raise FastmbrError(f"--out {run_dir} is a file, not a folder")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +76,26 @@ def make_run_folder(run_dir: Path) -> None:
         raise FastmbrError(f"--out {run_dir}: cannot create the folder ({exc.strerror})") from None
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise FastmbrError(f"--out {run_dir}: the folder is not writable")
+    return made
+
+
+def write_run_config(path: Path, payload: dict) -> None:
+    try:
+        write_json(path, payload)
+    except OSError as exc:
+        raise FastmbrError(f"--out {path.parent}: cannot write {path.name} ({exc.strerror or exc})") from None
+
+
+def remove_failed_start(run_dir: Path, created: bool) -> None:
+    """Undo a start refused before training began: config.json and train.log go, and the folder too when this
+    run created it (nothing else in it). Files the user had there are never touched."""
+    for name in ("config.json", "train.log"):
+        (run_dir / name).unlink(missing_ok=True)
+    if created:
+        try:
+            run_dir.rmdir()
+        except OSError:  # something else is in it: leave it
+            pass
 
 
 class RunLog:

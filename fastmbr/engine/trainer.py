@@ -49,7 +49,17 @@ from fastmbr.engine.distributed import (
 from fastmbr.engine.evaluate import accuracy, shift_summary
 from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
 from fastmbr.engine.resume_check import check_model_hashes, model_hashes, resumed_config
-from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, make_run_folder, read_run_config, write_json
+from fastmbr.engine.rundir import (
+    RunLog,
+    default_run_dir,
+    git_sha,
+    make_run_folder,
+    read_run_config,
+    remove_failed_start,
+    write_json,
+    write_run_config,
+)
+from fastmbr.engine.validate import check_epoch, check_splits, validate_run
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
 from fastmbr.pipelines.datasets import Domains, Splits, expand_shifts, load_domains, read_splits, unreadable_note
@@ -258,6 +268,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.console = console
         self.log = RunLog(run_dir, enabled=self.dist.is_main)
+        self.started = False  # set once set-up passed: a failure before that leaves no run folder behind
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def check_options(self) -> None:
@@ -342,6 +353,7 @@ class Trainer:
         # channels-last is the faster layout for convolutions on CUDA and on CPU alike (bench: classifier step)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else True
         self.domains = self.load_data()
+        check_splits(self.domains, cfg.data.limit)
         for note in self.domains.notes:
             self.log(note)
         self.model = self.build_model()
@@ -562,12 +574,13 @@ class Trainer:
         self.model.train()
         self.train_loader.set_epoch(epoch, start_batch)
         steps = len(self.train_loader)
-        in_a_row, tick = 0, time.perf_counter()
+        in_a_row, tick, ran, skipped_before = 0, time.perf_counter(), 0, self.nonfinite_total
         for batch, (x, y) in enumerate(self.train_loader, start=start_batch):
             self.fault.maybe_fire(epoch * steps + batch, self.dist.rank)
             done = batch + 1
             at_log = done % self.cfg.log_every == 0 or done == steps
             stepped, stop_now = self.train_step(algo, x, y, stop, at_log)
+            ran += 1
             if stepped:
                 in_a_row = 0
             else:
@@ -592,6 +605,7 @@ class Trainer:
             if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0 and done < steps:
                 self.save(epoch, done)
         self.train_seconds += time.perf_counter() - tick
+        check_epoch(epoch, ran, self.nonfinite_total - skipped_before, self.run_dir)
         return True
 
     def evaluate(self, data) -> dict:
@@ -635,6 +649,7 @@ class Trainer:
             self.log(f"resumed at epoch {self.position[0] + 1} batch {self.position[1]} on "
                      f"{self.dist.world_size} process(es) (restart {restart_count()})")
         start_epoch, start_batch = self.position
+        self.started = True
         with stop_on_signals({}) as stop, ProgressBar(self.progress, self.cfg, len(self.train_loader)) as bar:
             for epoch in range(start_epoch, self.cfg.optim.epochs):
                 bar.start_epoch(epoch, start_batch)
@@ -710,6 +725,7 @@ class OpenedRun:
     run_dir: Path
     checkpoint: Path | None = None
     reopened: bool = False
+    created: bool = False  # the folder was made by this start (removed again if set-up refuses the run)
 
 
 def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions,
@@ -732,10 +748,10 @@ def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions,
         return OpenedRun(saved, resumed_options, run_dir, path, True), state
     if config_path.exists():
         raise FastmbrError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
-    make_run_folder(run_dir)
-    write_json(config_path, {**cfg.to_dict(), "options": asdict(options), "commit": git_sha(),
-                             "models_sha256": model_hashes(cfg.algo.models)})
-    return OpenedRun(cfg, options, run_dir), None
+    created = make_run_folder(run_dir)
+    write_run_config(config_path, {**cfg.to_dict(), "options": asdict(options), "commit": git_sha(),
+                                   "models_sha256": model_hashes(cfg.algo.models)})
+    return OpenedRun(cfg, options, run_dir, created=created), None
 
 
 def open_run(cfg: RunConfig, resume: bool | str, options: TrainOptions,
@@ -766,14 +782,19 @@ def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
     and every restart (``torchrun --max-restarts``, a requeued Slurm job).
     """
     options = options or TrainOptions()
+    validate_run(cfg, options)  # before anything is written
     dist = init_from_env(resolve_device(cfg.device))
+    opened = trainer = None
     try:
         opened, state = open_run(cfg, resume, options, dist, given)
         trainer = Trainer(opened.cfg, opened.run_dir, progress=progress, options=opened.options)
         if opened.reopened and state is None:
             trainer.log("resumed a run folder without a checkpoint: starting from scratch")
         metrics = trainer.fit(state)
-    except (FastmbrError, SystemExit):  # decisions every rank took together: leave the group cleanly
+    except (FastmbrError, SystemExit) as exc:  # decisions every rank took together: leave the group cleanly
+        if isinstance(exc, FastmbrError) and opened is not None and not opened.reopened and dist.is_main and (
+                trainer is None or not trainer.started):
+            remove_failed_start(opened.run_dir, opened.created)  # refused at set-up: the corrected command must not find it
         shutdown(dist)
         raise
     shutdown(dist)

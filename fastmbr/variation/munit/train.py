@@ -21,6 +21,7 @@ from torch import nn
 from fastmbr.errors import FastmbrError
 from fastmbr.variation.munit.io import CHECKPOINT, load_checkpoint, save_checkpoint, save_variation
 from fastmbr.engine.resume_check import check_same_munit_run, refuse_to_overwrite_g
+from fastmbr.engine.validate import validate_munit
 from fastmbr.variation.munit.networks import Generator, MultiScaleDiscriminator, MunitArch, arch_preset, init_weights
 from fastmbr.variation.munit.variation import MunitVariation, sample_prior
 
@@ -206,6 +207,7 @@ def train_munit(domain_a: torch.Tensor, domain_b: torch.Tensor, cfg: MunitTrainC
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise FastmbrError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    validate_munit(cfg)
     refuse_to_overwrite_g(out_dir, resume)
     state = load_checkpoint(ckpt_path) if resume else None
     if state is not None:
