@@ -331,3 +331,104 @@ def test_out_that_is_a_file_or_cannot_be_created_is_one_line(tmp_path, capsys):
         code, err = run_cli(["train", "mnist", *SMALL, "--out", str(out)], capsys)
         assert code == 2 and len(err) == 1 and culprit in err[0], err
     assert (tmp_path / "file").read_text() == "mine"
+
+
+# ---- 7. repro: names, staleness, atomic report ------------------------------------------------------------------
+RECIPE = 'title: "trust"\ndataset: mnist\nshift: background-color\nseeds: 1\nsettings: {epochs: 1}\n'
+
+
+@pytest.mark.parametrize("text, culprit", [
+    (RECIPE + "runs:\n  ../../x: {algo: erm}\n", "must match [A-Za-z0-9._-]+"),
+    (RECIPE + "runs:\n  erm: {algo: erm, epohcs: 3}\n", "unknown key 'epohcs'"),
+    (RECIPE.replace("{epochs: 1}", "{epohcs: 3}") + "runs:\n  erm: {algo: erm}\n", "settings: unknown key 'epohcs'"),
+    (RECIPE.replace("seeds: 1", "seeds: three") + "runs:\n  erm: {algo: erm}\n", "seeds must be int"),
+    (RECIPE + "runs:\n  erm: !!python/object/apply:os.system [touch pwned]\n", "not a valid recipe"),
+    ("- a\n- list\n", "expected a mapping, got list"),
+    (RECIPE + "runs: [erm]\n", "runs must be dict"),
+    (RECIPE + "runs:\n  erm: {k: 3}\n", "missing key 'algo'"),
+])
+def test_bad_recipes_are_one_line(tmp_path, text, culprit, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text(text)
+    code, err = run_cli(["repro", str(tmp_path / "bad.yaml"), "--root", str(tmp_path / "runs")], capsys)
+    assert code == 2 and len(err) == 1 and culprit in err[0], err
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "x").exists()
+
+
+def test_run_folders_stay_under_the_root(tmp_path):
+    from fastmbr.recipe_check import run_folder
+
+    (tmp_path / "root").mkdir()
+    (tmp_path / "root" / "link-s0").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FastmbrError, match="outside the runs root"):
+        run_folder(tmp_path / "root", "link", 0)
+    with pytest.raises(FastmbrError, match="must match"):
+        run_folder(tmp_path / "root", "a/b", 0)
+    assert run_folder(tmp_path / "root", "erm", 0) == tmp_path / "root" / "erm-s0"
+
+
+def fake_train(cfg, **kw):
+    """Writes what a finished run leaves for the report: config.json and metrics.json."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+    top = {"top1": 90.0, "top5": 99.0, "n": 10}
+    (out / "metrics.json").write_text(json.dumps({"dataset": "mnist", "shift": "blue → red", "device": "cpu",
+                                                  "test": {"A": top, "B": top}, "val": top}))
+
+
+def test_repro_refuses_a_run_trained_under_another_recipe_and_the_report_leaves_it_out(tmp_path, monkeypatch,
+                                                                                        capsys):
+    from fastmbr import repro
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fastmbr.engine.trainer.train", fake_train)
+    recipe = tmp_path / "stale.yaml"
+    recipe.write_text(RECIPE + "runs:\n  erm: {algo: erm}\n  mda: {algo: mda, k: 3}\n")
+    repro.run_recipe(str(recipe), None, False, None, "cpu", tmp_path / "runs")
+    assert "| ERM | – | 1 |" in (tmp_path / "results" / "stale.md").read_text()
+    recipe.write_text(RECIPE.replace("{epochs: 1}", "{epochs: 3}") + "runs:\n  erm: {algo: erm}\n"
+                      "  mda: {algo: mda, k: 3}\n")
+    before = (tmp_path / "runs" / "stale" / "erm-s0" / "metrics.json").read_text()
+    code, err = run_cli(["repro", str(recipe), "--root", str(tmp_path / "runs")], capsys)
+    assert code == 2 and len(err) == 1 and "optim.epochs: 1 → 3" in err[0] and "erm-s0" in err[0], err
+    assert (tmp_path / "runs" / "stale" / "erm-s0" / "metrics.json").read_text() == before
+    code, err = run_cli(["repro", str(recipe), "--root", str(tmp_path / "runs"), "--report"], capsys)
+    assert code == 2 and "no finished runs" in err[0], err  # both left out: none of them has the new budget
+    recipe.write_text(RECIPE + "runs:\n  erm: {algo: erm}\n  mda: {algo: mda, k: 5}\n")
+    main(["repro", str(recipe), "--root", str(tmp_path / "runs"), "--report"])
+    report = (tmp_path / "results" / "stale.md").read_text()
+    assert "| MDA | known:background-color, k=5 | 0 |" in report and "Left out" in report and "mda-s0" in report
+
+
+def test_corrupt_metrics_json_in_report_is_one_line(tmp_path, monkeypatch, capsys):
+    from fastmbr import repro
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fastmbr.engine.trainer.train", fake_train)
+    recipe = tmp_path / "rep.yaml"
+    recipe.write_text(RECIPE + "runs:\n  erm: {algo: erm}\n")
+    repro.run_recipe(str(recipe), None, False, None, "cpu", tmp_path / "runs")
+    metrics = tmp_path / "runs" / "rep" / "erm-s0" / "metrics.json"
+    metrics.write_text('{"test": ')
+    code, err = run_cli(["repro", str(recipe), "--root", str(tmp_path / "runs"), "--report"], capsys)
+    assert code == 2 and len(err) == 1 and str(metrics) in err[0] and "not valid JSON" in err[0], err
+
+
+def test_report_is_written_atomically(tmp_path, monkeypatch):
+    from fastmbr import repro
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("fastmbr.engine.trainer.train", fake_train)
+    recipe = tmp_path / "atomic.yaml"
+    recipe.write_text(RECIPE + "runs:\n  erm: {algo: erm}\n")
+    report = repro.run_recipe(str(recipe), None, False, None, "cpu", tmp_path / "runs")
+    report.write_text("the previous report")
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError):
+        repro.write_report(str(recipe), tmp_path / "runs")
+    assert report.read_text() == "the previous report"  # never half a report
