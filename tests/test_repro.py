@@ -160,8 +160,13 @@ def test_a_finished_g_that_no_longer_matches_its_recipe_is_refused(tmp_path, mon
     g_dir.mkdir(parents=True)
     spec = recipe["learned_models"]["tiny-snow"]
 
+    from fastmbr.variation.munit import MunitVariation, arch_preset, save_variation
+
+    save_variation(MunitVariation(arch_preset("tiny"), spec["image_size"]), g_dir, "tiny")
+    complete = json.loads((g_dir / META).read_text())  # G.json is read strictly: every key, no others
+
     def write_g(iterations, cycle=0.0):
-        meta = {"format": FORMAT, "size": "tiny", "image_size": spec["image_size"],
+        meta = {**complete, "format": FORMAT, "size": "tiny", "image_size": spec["image_size"],
                 "training": {"dataset": spec["dataset"], "shift": "corruption", "classes": spec["classes"],
                              "iterations": iterations, "planned_iterations": iterations, "recon_x_cyc": cycle}}
         (g_dir / META).write_text(json.dumps(meta))

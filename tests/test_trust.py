@@ -432,3 +432,92 @@ def test_report_is_written_atomically(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         repro.write_report(str(recipe), tmp_path / "runs")
     assert report.read_text() == "the previous report"  # never half a report
+
+
+@pytest.mark.parametrize("edit, culprit", [
+    (lambda m: m.update(epohcs=3), "unknown key(s) epohcs"),
+    (lambda m: m.update(image_size="32"), "image_size must be int"),
+    (lambda m: m["arch"].update(dimm=3), "arch: unknown key(s) dimm"),
+    (lambda m: m["arch"].update(dim="wide"), "arch: dim: 'wide' is not of type int"),
+    (lambda m: m.pop("prior"), "missing key 'prior'"),
+    (lambda m: m.update(delta_box=[1]), "delta_box must be [low, high]"),
+])
+def test_foreign_g_json_is_one_line(tmp_path, edit, culprit, capsys):
+    from fastmbr.variation.munit import MunitVariation, arch_preset, save_variation
+
+    g_dir = tmp_path / "G"
+    save_variation(MunitVariation(arch_preset("tiny"), 32), g_dir, "tiny")
+    meta = json.loads((g_dir / "G.json").read_text())
+    edit(meta)
+    (g_dir / "G.json").write_text(json.dumps(meta))
+    code, err = run_cli(["export", str(g_dir), "--onnx", str(tmp_path / "g.onnx")], capsys)
+    assert code == 2 and len(err) == 1 and culprit in err[0], err
+    (g_dir / "G.json").write_text("[1, 2]")
+    code, err = run_cli(["export", str(g_dir), "--onnx", str(tmp_path / "g.onnx")], capsys)
+    assert code == 2 and len(err) == 1 and "unknown format" in err[0], err
+
+
+# ---- 6. a missing dataset is never replaced by another -----------------------------------------------------------
+def test_a_torchvision_root_gives_each_dataset_its_own_files(data_root, tmp_path):
+    from fastmbr.pipelines.datasets import load_split
+
+    root = tmp_path / "tv"
+    for name, source in (("FashionMNIST", "fashion-mnist"), ("MNIST", "mnist")):
+        (root / name / "raw").mkdir(parents=True)
+        for f in (data_root / source).glob("t10k-*"):
+            (root / name / "raw" / f.name).symlink_to(f)
+    mnist = load_split("mnist", "test", root)
+    fashion = load_split("fashion-mnist", "test", root)
+    assert mnist.source.endswith("MNIST") and fashion.source.endswith("FashionMNIST")
+    assert not torch.equal(mnist.images, fashion.images)
+    reference = load_split("mnist", "test", data_root)
+    assert torch.equal(mnist.images, reference.images)
+    shutil.rmtree(root / "MNIST")  # now only Fashion-MNIST is there: mnist is missing, not substituted
+    with pytest.raises(FastmbrError, match="'mnist' not found"):
+        load_split("mnist", "test", root)
+
+
+def test_another_datasets_root_is_not_taken_for_a_missing_dataset(data_root, capsys):
+    code, err = run_cli(["datasets", "show", "mnist-m", "--data-dir", str(data_root / "gtsrb")], capsys)
+    assert code == 2 and len(err) == 1 and "'mnist-m' not found" in err[0], err
+    main(["datasets", "show", "mnist-m", "--data-dir", str(data_root / "mnist-m"), "--json"])  # its own folder
+    counts = json.loads(capsys.readouterr().out)
+    assert sum(counts[split]["A"] for split in ("train", "val", "test")) == 9001
+
+
+def test_symlink_loops_in_an_image_tree_are_one_line(tmp_path, capsys):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("c0", "c1"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(tmp_path / "d" / split / c / f"{i}.png")
+    loop = tmp_path / "d" / "train" / "c0" / "loop.png"
+    loop.symlink_to(loop.name)
+    code, err = run_cli(["datasets", "show", "folder", "--data-dir", str(tmp_path / "d")], capsys)
+    assert code == 2 and len(err) == 1 and str(loop) in err[0] and "symbolic link" in err[0], err
+    loop.unlink()
+    (tmp_path / "d" / "train" / "c2").symlink_to("c2")
+    code, err = run_cli(["datasets", "show", "folder", "--data-dir", str(tmp_path / "d")], capsys)
+    assert code == 2 and len(err) == 1 and "c2" in err[0] and "symbolic link" in err[0], err
+
+
+def test_a_non_utf8_file_name_is_logged_not_a_traceback(tmp_path, capsys):
+    from PIL import Image
+
+    root = tmp_path / "d"
+    for split in ("train", "val"):
+        for c in ("c0", "c1"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(6):
+                Image.new("RGB", (20, 20), (40 * i, 20 * len(c), 0)).save(root / split / c / f"{i}.jpg")
+    bad = os.path.join(os.fsencode(root / "train" / "c1"), b"\xff\xfe.jpg")
+    with open(bad, "wb") as f:
+        f.write(b"\xff\xd8 not a jpeg")
+    out = tmp_path / "run"
+    main(["train", "folder", "--data-dir", str(root), "--epochs", "1", "--image-size", "16", "--batch-size", "8",
+          "--device", "cpu", "--no-progress", "--skip-corrupt", "--out", str(out)])
+    log = (out / "train.log").read_bytes().decode("utf-8")  # still valid UTF-8
+    assert "\\udcff\\udcfe.jpg" in log
+    assert json.loads((out / "metrics.json").read_text())["unreadable_files"][0].endswith("\udcff\udcfe.jpg")

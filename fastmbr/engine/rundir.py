@@ -107,5 +107,6 @@ class RunLog:
 
     def __call__(self, message: str) -> None:
         if self.enabled:
-            with open(self.path, "a") as f:
+            # file names need not be UTF-8 (a surrogate-escaped byte): written as \udcff, never a traceback
+            with open(self.path, "a", encoding="utf-8", errors="backslashreplace") as f:
                 f.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {message}\n")
