@@ -521,3 +521,21 @@ def test_a_non_utf8_file_name_is_logged_not_a_traceback(tmp_path, capsys):
     log = (out / "train.log").read_bytes().decode("utf-8")  # still valid UTF-8
     assert "\\udcff\\udcfe.jpg" in log
     assert json.loads((out / "metrics.json").read_text())["unreadable_files"][0].endswith("\udcff\udcfe.jpg")
+
+
+# ---- 8. runaway memory ------------------------------------------------------------------------------------------
+def test_a_k_too_large_for_memory_is_refused_with_what_it_needs(tmp_path, capsys):
+    out = tmp_path / "r"
+    code, err = run_cli(["train", "mnist", "--algo", "mrt", "-k", "100000000", *SMALL[2:], "--out", str(out)], capsys)
+    assert code == 2 and len(err) == 1 and "GiB" in err[0] and "-k 100000000" in err[0], err
+    assert not out.exists()
+
+
+def test_the_memory_estimate_is_k_times_the_batch(monkeypatch):
+    from fastmbr.engine import validate
+
+    monkeypatch.setattr(validate, "available_memory", lambda device: 10 * 2**20)  # 10 MiB
+    validate.check_expansion_memory("mrt", 10, 32, 3, 32, torch.device("cpu"))  # 7.5 MiB: fits
+    with pytest.raises(FastmbrError, match="need at least 15.0 MiB on cpu .* but 10.0 MiB is available"):
+        validate.check_expansion_memory("mda", 20, 32, 3, 32, torch.device("cpu"))
+    validate.check_expansion_memory("mat", 10**6, 32, 3, 32, torch.device("cpu"))  # no k-fold expansion

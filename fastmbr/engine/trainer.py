@@ -59,7 +59,7 @@ from fastmbr.engine.rundir import (
     write_json,
     write_run_config,
 )
-from fastmbr.engine.validate import check_epoch, check_splits, validate_run
+from fastmbr.engine.validate import check_epoch, check_expansion_memory, check_splits, validate_run
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
 from fastmbr.pipelines.datasets import Domains, Splits, expand_shifts, load_domains, read_splits, unreadable_note
@@ -365,6 +365,8 @@ class Trainer:
         options = {"alpha": cfg.algo.alpha} if cfg.algo.alpha is not None and cfg.algo.name in ("mat", "pgd") else {}
         self.algo = build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam, **options)
         self.algo.check_variation(self.G)
+        check_expansion_memory(cfg.algo.name, self.algo.k, max(1, self.per_rank_batch() // self.options.accumulate),
+                               3, cfg.data.image_size or self.domains.info.image_size, self.device)  # RGB prepared
         if self.algo.uses_target:
             self.attach_target()
         self.warmup = build_algorithm("erm")

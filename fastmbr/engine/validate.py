@@ -9,6 +9,7 @@ no step, an epoch whose every step was skipped as non-finite) is refused as soon
 from __future__ import annotations
 
 import math
+import os
 
 from fastmbr.errors import FastmbrError
 
@@ -95,3 +96,39 @@ def validate_munit(cfg) -> None:
     finite(cfg.recon_x_cyc, "--cycle", 0.0)
     finite(cfg.bound, "bound", 0.0, strict=True)
     at_least(cfg.seed, "--seed", 0)
+
+
+EXPANDING = ("mrt", "mda")  # algorithms that hold k variations of every image of a batch at once
+
+
+def available_memory(device) -> int:
+    """Bytes free for tensors on ``device``: CUDA's free memory, or the host's MemAvailable."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def human(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
+
+
+def check_expansion_memory(algo: str, k: int, batch: int, channels: int, size: int, device) -> None:
+    """MRT and MDA expand a batch of B images into k·B variations at once: refuse, before allocating, a k·B whose
+    float32 images alone (G's output and the classifier's normalised copy: 2 × 4 bytes per value) exceed the
+    memory available, saying how much they need."""
+    if algo not in EXPANDING:
+        return
+    need = 2 * 4 * k * batch * channels * size * size
+    have = available_memory(device)
+    if need > have:
+        raise FastmbrError(f"-k {k} × a batch of {batch} = {k * batch:,} images of {channels}×{size}×{size} need at "
+                           f"least {human(need)} on {device} for the images alone, but {human(have)} is available; lower -k or --batch-size, or raise --accumulate")
