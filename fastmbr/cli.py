@@ -33,6 +33,7 @@ def _mount_optional_commands() -> None:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     dataset: str = typer.Argument(..., help="dataset name (fastmbr datasets)"),
     shift: Optional[str] = typer.Option(None, help="shift, e.g. background-color, brightness, brightness:high-low"),
     algo: str = typer.Option("erm", "--algo", help="erm | pgd | mrt | mat | mda | augmix"),
@@ -117,7 +118,10 @@ def train(
     cfg.compile_mode = compile_mode
     cfg.keep_checkpoints, cfg.log_every = keep_checkpoints, log_every
     options = TrainOptions(accumulate=accumulate, sync_bn=sync_bn, dropout=dropout, deterministic=deterministic)
-    metrics, run_dir = run_train(cfg, resume="auto" if auto_resume else resume, progress=progress, options=options)
+    from fastmbr.engine.resume_check import given_fields
+
+    metrics, run_dir = run_train(cfg, resume="auto" if auto_resume else resume, progress=progress, options=options,
+                                 given=given_fields(ctx))
     if environ.get("RANK", "0") == "0":
         print_metrics_table([metrics])
         console.print(f"run folder: {run_dir}")

@@ -70,15 +70,14 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "RunConfig":
-        return cls(
-            data=DataConfig(**d["data"]), algo=AlgoConfig(**d["algo"]), optim=OptimConfig(**d["optim"]),
-            **{k: v for k, v in d.items() if k in _RUN_FIELDS},
-        )
+    def from_dict(cls, d: dict, where: str = "config") -> "RunConfig":
+        """From config.json's dict: unknown keys and wrong types are FastmbrErrors naming the key."""
+        from fastmbr.typed import build
+
+        return build(cls, d, where, ignore=CONFIG_JSON_EXTRAS)
 
 
-_RUN_FIELDS = {"arch", "device", "seed", "out", "amp", "compile", "compile_mode", "channels_last", "log_every",
-               "checkpoint_every", "keep_checkpoints", "max_nonfinite"}
+CONFIG_JSON_EXTRAS = frozenset({"options", "commit", "models_sha256"})  # config.json's keys beside the RunConfig
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 MODEL_BASED = ("mrt", "mat", "mda")  # the algorithms that query a model of variation (their own batch preset)
 _DIGITS = {"arch": "cnn", "optim": {"optimizer": "adadelta", "lr": 1.0}, "batch_size": 64}

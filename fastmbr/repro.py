@@ -1,7 +1,9 @@
 """Paper experiments as recipes (experiments/*.yaml): run every algorithm × seed, then write results/NAME.md.
 
 Runs go to ``runs/repro/NAME/<run>-s<seed>/``; a finished run (metrics.json present) is not run again, an
-interrupted one resumes, so ``fastmbr repro NAME`` can be repeated until the table is complete. The report is
+interrupted one resumes, so ``fastmbr repro NAME`` can be repeated until the table is complete. A run folder is
+keyed by its resolved configuration: one trained with other settings than the recipe now gives is refused, never
+reused, and the report leaves such folders out and says so (``recipe_check``). The report is
 generated from those run folders alone: no number in ``results/*.md`` is typed by hand.
 """
 
@@ -9,20 +11,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import re
 import statistics
 import subprocess
 import sys
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
-
 from fastmbr.config import MODEL_BASED, preset_config
-from fastmbr.engine.rundir import git_sha
+from fastmbr.engine.rundir import git_sha, read_json
 from fastmbr.errors import FastmbrError
+from fastmbr.fileio import atomic_write
+from fastmbr.recipe_check import drop_stale, load_yaml, run_folder, run_lock, stale_differences, validate_recipe
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -36,7 +36,8 @@ def recipe_path(name: str) -> Path:
 
 
 def load_recipe(name: str) -> dict:
-    recipe = yaml.safe_load(recipe_path(name).read_text())
+    recipe = load_yaml(recipe_path(name))
+    validate_recipe(recipe, recipe_path(name))
     recipe["name"] = recipe_path(name).stem
     recipe.setdefault("runs", {})
     if "sweep" in recipe:
@@ -210,7 +211,7 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.data.augment = spec.get("augment", cfg.data.augment)
     cfg.arch = spec.get("arch", cfg.arch)
     cfg.data.data_dir, cfg.device, cfg.seed = data_dir, device, seed
-    cfg.out = str(root / f"{run}-s{seed}")
+    cfg.out = str(run_folder(root, run, seed))
     return cfg
 
 
@@ -236,6 +237,11 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
                     if console is not None:
                         console.print(f"{recipe['name']}: {run} seed {seed} is being run by process {owner}; skipped")
                     continue
+                found = stale_differences(out, cfg) if (out / "config.json").exists() else []
+                if found:
+                    raise FastmbrError(f"{out} was trained with another configuration than the recipe now gives "
+                                       f"({'; '.join(found)}); refusing to reuse or overwrite it: move it away to "
+                                       f"rerun {run} seed {seed}")
                 if not (out / "metrics.json").exists():
                     if console is not None:
                         console.print(f"[bold]{recipe['name']}[/bold]: {run} seed {seed} → {out}")
@@ -244,46 +250,7 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
     return write_report(name, root.parent, full)
 
 
-LOCK = ".repro.lock"
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextmanager
-def run_lock(run_dir: Path):
-    """Several ``fastmbr repro`` processes may work through one recipe at once: each run folder is taken by one of
-    them (``RUN_DIR/.repro.lock`` holds its pid). Yields None when this process holds the lock, else the live
-    owner's pid; a lock left by a dead process is taken over (its run resumes from its checkpoint)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                owner = int(path.read_text().strip() or 0)
-            except (OSError, ValueError):
-                owner = 0
-            if owner and owner != os.getpid() and process_alive(owner):
-                yield owner
-                return
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
-        break
-    try:
-        yield None
-    finally:
-        path.unlink(missing_ok=True)
+LOCK = ".repro.lock"  # flock'ed by the process running the folder (recipe_check.run_lock)
 
 
 def shift_key(shift: str) -> str:
@@ -308,11 +275,11 @@ def collect(root: Path) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {}
     for metrics_path in sorted(root.glob("*-s*/metrics.json")):
         run = metrics_path.parent.name.rsplit("-s", 1)[0]
-        metrics = json.loads(metrics_path.read_text())
+        metrics = read_json(metrics_path)
         evals = sorted(metrics_path.parent.glob("eval/*.json"))
-        metrics["eval"] = {p.stem: json.loads(p.read_text()) for p in evals}
+        metrics["eval"] = {p.stem: read_json(p) for p in evals}
         config = metrics_path.parent / "config.json"
-        metrics["config"] = json.loads(config.read_text()) if config.exists() else {}
+        metrics["config"] = read_json(config) if config.exists() else {}
         runs.setdefault(run, []).append(metrics)
     return runs
 
@@ -360,7 +327,8 @@ def reading(recipe: dict, runs: dict[str, list[dict]]) -> str:
 
 def write_report(name: str, root: Path, full: bool = False) -> Path:
     recipe = load_recipe(name)
-    runs = collect(root / recipe["name"])
+    runs, stale = drop_stale(collect(root / recipe["name"]), lambda run, seed: run_config(
+        recipe, run, seed, full, None, "cpu", root / recipe["name"]) if run in recipe["runs"] else None)
     if not runs:
         raise FastmbrError(f"no finished runs of {recipe['name']} under {root / recipe['name']}")
     every = [m for ms in runs.values() for m in ms]
@@ -393,6 +361,8 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
             f"{paper.get(run, '–')} |"
         )
     lines += ["", reading(recipe, runs), ""]
+    if stale:
+        lines += [f"Left out, trained with another configuration than this recipe's: {', '.join(stale)}.", ""]
     out = Path("results") / f"{recipe['name']}.md"
     out.parent.mkdir(exist_ok=True)
     if "sweep" in recipe:
@@ -400,7 +370,8 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
     if "eval_shifts" in recipe:
         lines += matched_model_section(recipe, runs)
         lines += shift_curve_section(recipe, runs, out.parent / recipe["name"])
-    out.write_text("\n".join(lines))
+    text = "\n".join(lines)
+    atomic_write(out, lambda f: f.write(text.encode()))
     return out
 
 

@@ -97,12 +97,26 @@ def dataset_root(info: DatasetInfo, data_dir: str | Path | None) -> Path | None:
         raise FastmbrError(f"dataset {info.name!r}: no data folder; pass --data-dir or set FASTMBR_DATA")
     if not base.is_dir():
         raise FastmbrError(f"data folder {base} does not exist")
-    for candidate in (base / info.folder, base) if info.folder else (base,):
+    if not info.folder:  # "folder": the root is the dataset
+        return base
+    # Only the dataset's own folder: <root>/<folder> (or torchvision's <root>/<Name>), or the root itself when it
+    # bears one of those names. Never another dataset's folder that happens to be readable the same way.
+    names = own_folder_names(info)
+    candidates = [base / name for name in names] + ([base] if {base.name, base.resolve().name} & set(names) else [])
+    for candidate in candidates:
         if candidate.is_dir() and any(candidate.iterdir()):
-            if candidate == base and info.folder and base.name != info.folder and (base / info.folder).exists():
-                continue
             return candidate
-    raise FastmbrError(f"dataset {info.name!r} not found: {base / info.folder} is missing or empty")
+    raise FastmbrError(f"dataset {info.name!r} not found: {base / info.folder} is missing or empty (a folder is "
+                       f"taken as {info.name} only when named {' or '.join(names)})")
+
+
+TORCHVISION_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "usps": "USPS", "svhn": "SVHN",
+                     "gtsrb": "GTSRB"}
+
+
+def own_folder_names(info: DatasetInfo) -> list[str]:
+    """The folder names a dataset is found under: fastmbr's, and torchvision's where it has one."""
+    return [info.folder] + ([TORCHVISION_NAMES[info.name]] if info.name in TORCHVISION_NAMES else [])
 
 
 def _reader(info: DatasetInfo, root: Path | None):

@@ -160,8 +160,13 @@ def test_a_finished_g_that_no_longer_matches_its_recipe_is_refused(tmp_path, mon
     g_dir.mkdir(parents=True)
     spec = recipe["learned_models"]["tiny-snow"]
 
+    from fastmbr.variation.munit import MunitVariation, arch_preset, save_variation
+
+    save_variation(MunitVariation(arch_preset("tiny"), spec["image_size"]), g_dir, "tiny")
+    complete = json.loads((g_dir / META).read_text())  # G.json is read strictly: every key, no others
+
     def write_g(iterations, cycle=0.0):
-        meta = {"format": FORMAT, "size": "tiny", "image_size": spec["image_size"],
+        meta = {**complete, "format": FORMAT, "size": "tiny", "image_size": spec["image_size"],
                 "training": {"dataset": spec["dataset"], "shift": "corruption", "classes": spec["classes"],
                              "iterations": iterations, "planned_iterations": iterations, "recon_x_cyc": cycle}}
         (g_dir / META).write_text(json.dumps(meta))
@@ -178,8 +183,10 @@ def test_a_finished_g_that_no_longer_matches_its_recipe_is_refused(tmp_path, mon
 
 
 def test_runs_held_by_another_live_process_are_skipped_and_dead_owners_lose_their_lock(tmp_path, monkeypatch):
-    """Two `fastmbr repro` workers on one recipe: each run folder goes to one of them; a crashed worker's lock is
-    taken over."""
+    """Two `fastmbr repro` workers on one recipe: each run folder goes to one of them (an fcntl.flock on its lock
+    file); a crashed worker's lock file, or an empty one, holds no lock and is taken over."""
+    import fcntl
+    import os
     import subprocess
     import sys
 
@@ -187,23 +194,32 @@ def test_runs_held_by_another_live_process_are_skipped_and_dead_owners_lose_thei
 
     recipe = tmp_path / "two_runs.yaml"
     recipe.write_text('title: "locks"\ndataset: mnist\nshift: background-color\nseeds: 1\n'
-                      "runs:\n  erm: {algo: erm}\n  mda: {algo: mda, k: 3, model: [known:background-color]}\n")
+                      "runs:\n  erm: {algo: erm}\n  mda: {algo: mda, k: 3, model: [known:background-color]}\n"
+                      "  mrt: {algo: mrt, k: 3, model: [known:background-color]}\n")
     trained = []
     monkeypatch.setattr("fastmbr.engine.trainer.train", lambda cfg, **kw: trained.append(Path(cfg.out).name))
     monkeypatch.setattr(repro, "write_report", lambda *a, **k: None)
     root = tmp_path / "runs"
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    for run in ("erm", "mda", "mrt"):
+        (root / "two_runs" / f"{run}-s0").mkdir(parents=True)
+    holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); "
+              "time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", holder, str(root / "two_runs" / "erm-s0" / repro.LOCK)],
+                             stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == "locked"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (root / "two_runs" / "mda-s0" / repro.LOCK).write_text(dead.stdout.strip())
+    (root / "two_runs" / "mrt-s0" / repro.LOCK).write_text("")  # a lock file whose writer has not written yet
     try:
-        for run, pid in (("erm", other.pid), ("mda", int(dead.stdout))):
-            (root / "two_runs" / f"{run}-s0").mkdir(parents=True)
-            (root / "two_runs" / f"{run}-s0" / repro.LOCK).write_text(str(pid))
         repro.run_recipe(str(recipe), None, False, None, "cpu", root)
     finally:
         other.kill()
-    assert trained == ["mda-s0"]  # erm-s0 belongs to the live process; the dead one's mda-s0 lock was taken over
-    assert (root / "two_runs" / "erm-s0" / repro.LOCK).exists()
-    assert not (root / "two_runs" / "mda-s0" / repro.LOCK).exists()  # released after the run
+        other.wait()
+    assert trained == ["mda-s0", "mrt-s0"]  # erm-s0 is locked by the live process; the others hold no lock
+    fd = os.open(root / "two_runs" / "mda-s0" / repro.LOCK, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the run
+    os.close(fd)
 
 
 def test_each_family_of_evaluation_shifts_gets_its_table_and_plot(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 
 from fastmbr.config import RunConfig
 from fastmbr.engine import checkpoint as ckpt
-from fastmbr.engine.rundir import read_json
+from fastmbr.engine.rundir import read_run_config
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier
 from fastmbr.pipelines.datasets import dataset_info
@@ -19,7 +19,7 @@ def load_run_classifier(run_dir: Path) -> tuple[torch.nn.Module, int]:
     """The run's best weights in a freshly built classifier, and its input size."""
     if not (run_dir / "config.json").exists() or not (run_dir / "best.pt").exists():
         raise FastmbrError(f"{run_dir}: not a finished run folder (needs config.json and best.pt)")
-    cfg = RunConfig.from_dict(read_json(run_dir / "config.json"))
+    cfg = RunConfig.from_dict(read_run_config(run_dir / "config.json"))
     weights = ckpt.load_weights(run_dir / "best.pt")
     classes = next(v for k, v in reversed(list(weights.items())) if k.endswith("weight")).shape[0]
     size = cfg.data.image_size or dataset_info(cfg.data.dataset).image_size

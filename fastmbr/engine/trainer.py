@@ -48,7 +48,18 @@ from fastmbr.engine.distributed import (
 )
 from fastmbr.engine.evaluate import accuracy, shift_summary
 from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
-from fastmbr.engine.rundir import RunLog, default_run_dir, git_sha, read_json, write_json
+from fastmbr.engine.resume_check import check_model_hashes, model_hashes, resumed_config
+from fastmbr.engine.rundir import (
+    RunLog,
+    default_run_dir,
+    git_sha,
+    make_run_folder,
+    read_run_config,
+    remove_failed_start,
+    write_json,
+    write_run_config,
+)
+from fastmbr.engine.validate import check_epoch, check_expansion_memory, check_splits, validate_run
 from fastmbr.errors import FastmbrError
 from fastmbr.models import build_classifier, channel_stats
 from fastmbr.pipelines.datasets import Domains, Splits, expand_shifts, load_domains, read_splits, unreadable_note
@@ -257,6 +268,7 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.console = console
         self.log = RunLog(run_dir, enabled=self.dist.is_main)
+        self.started = False  # set once set-up passed: a failure before that leaves no run folder behind
 
     # ---- set-up -------------------------------------------------------------------------------------------
     def check_options(self) -> None:
@@ -341,6 +353,7 @@ class Trainer:
         # channels-last is the faster layout for convolutions on CUDA and on CPU alike (bench: classifier step)
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else True
         self.domains = self.load_data()
+        check_splits(self.domains, cfg.data.limit)
         for note in self.domains.notes:
             self.log(note)
         self.model = self.build_model()
@@ -352,6 +365,8 @@ class Trainer:
         options = {"alpha": cfg.algo.alpha} if cfg.algo.alpha is not None and cfg.algo.name in ("mat", "pgd") else {}
         self.algo = build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam, **options)
         self.algo.check_variation(self.G)
+        check_expansion_memory(cfg.algo.name, self.algo.k, max(1, self.per_rank_batch() // self.options.accumulate),
+                               3, cfg.data.image_size or self.domains.info.image_size, self.device)  # RGB prepared
         if self.algo.uses_target:
             self.attach_target()
         self.warmup = build_algorithm("erm")
@@ -561,12 +576,13 @@ class Trainer:
         self.model.train()
         self.train_loader.set_epoch(epoch, start_batch)
         steps = len(self.train_loader)
-        in_a_row, tick = 0, time.perf_counter()
+        in_a_row, tick, ran, skipped_before = 0, time.perf_counter(), 0, self.nonfinite_total
         for batch, (x, y) in enumerate(self.train_loader, start=start_batch):
             self.fault.maybe_fire(epoch * steps + batch, self.dist.rank)
             done = batch + 1
             at_log = done % self.cfg.log_every == 0 or done == steps
             stepped, stop_now = self.train_step(algo, x, y, stop, at_log)
+            ran += 1
             if stepped:
                 in_a_row = 0
             else:
@@ -591,6 +607,7 @@ class Trainer:
             if self.cfg.checkpoint_every and done % self.cfg.checkpoint_every == 0 and done < steps:
                 self.save(epoch, done)
         self.train_seconds += time.perf_counter() - tick
+        check_epoch(epoch, ran, self.nonfinite_total - skipped_before, self.run_dir)
         return True
 
     def evaluate(self, data) -> dict:
@@ -625,10 +642,16 @@ class Trainer:
     def fit(self, resume_state: dict | None = None) -> dict:
         self.setup()
         if resume_state is not None:
-            self.restore(resume_state)
+            try:
+                self.restore(resume_state)
+            except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:  # a foreign checkpoint
+                first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+                raise FastmbrError(f"{self.run_dir}: the checkpoint does not fit this run "
+                                   f"({type(exc).__name__}: {first})") from None
             self.log(f"resumed at epoch {self.position[0] + 1} batch {self.position[1]} on "
                      f"{self.dist.world_size} process(es) (restart {restart_count()})")
         start_epoch, start_batch = self.position
+        self.started = True
         with stop_on_signals({}) as stop, ProgressBar(self.progress, self.cfg, len(self.train_loader)) as bar:
             for epoch in range(start_epoch, self.cfg.optim.epochs):
                 bar.start_epoch(epoch, start_batch)
@@ -644,7 +667,7 @@ class Trainer:
     def finish(self) -> dict:
         barrier(self.dist)  # rank 0 wrote best.pt; every rank reads it
         if (self.run_dir / "best.pt").exists():
-            self.model.load_state_dict(torch.load(self.run_dir / "best.pt", map_location=self.device))
+            self.model.load_state_dict(ckpt.load_weights(self.run_dir / "best.pt"))
         test = {name: self.evaluate(data) for name, data in self.domains.test.items()}
         metrics = {
             "dataset": self.cfg.data.dataset, "shift": self.domains.shift.label, "algorithm": self.cfg.algo.name,
@@ -704,10 +727,13 @@ class OpenedRun:
     run_dir: Path
     checkpoint: Path | None = None
     reopened: bool = False
+    created: bool = False  # the folder was made by this start (removed again if set-up refuses the run)
 
 
-def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions) -> tuple[OpenedRun, dict | None]:
-    """Create or reopen the run folder (rank 0 only); never overwrite a run that exists unless resuming it.
+def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions,
+                    given: set[str] | None = None) -> tuple[OpenedRun, dict | None]:
+    """Create or reopen the run folder (rank 0 only); never overwrite a run that exists unless resuming it, and
+    resume only the same run (``resume_check``: ``given`` are the config paths the user set, None: all).
 
     Returns the run and the newest checkpoint that loads (None for a new run or one without checkpoints)."""
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg.data.dataset, cfg.algo.name)
@@ -717,40 +743,39 @@ def open_run_folder(cfg: RunConfig, resume: bool | str, options: TrainOptions) -
     if resume:
         if not config_path.exists():
             raise FastmbrError(f"--resume: {run_dir} holds no run (no config.json)")
-        saved_json = read_json(config_path)
-        saved = RunConfig.from_dict(saved_json)
-        saved.optim.epochs = max(saved.optim.epochs, cfg.optim.epochs) if cfg.optim.epochs else saved.optim.epochs
-        saved.device = cfg.device
+        saved_json = read_run_config(config_path)
+        saved, resumed_options = resumed_config(saved_json, cfg, options, given, run_dir)
         ckpt.remove_stale_temps(run_dir)
         path, state = ckpt.latest_loadable(run_dir)
-        return OpenedRun(saved, options.resumed_with(saved_json.get("options", {})), run_dir, path, True), state
+        return OpenedRun(saved, resumed_options, run_dir, path, True), state
     if config_path.exists():
         raise FastmbrError(f"{run_dir} already holds a run; pass --resume to continue it or another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(config_path, {**cfg.to_dict(), "options": asdict(options), "commit": git_sha()})
-    return OpenedRun(cfg, options, run_dir), None
+    created = make_run_folder(run_dir)
+    write_run_config(config_path, {**cfg.to_dict(), "options": asdict(options), "commit": git_sha(),
+                                   "models_sha256": model_hashes(cfg.algo.models)})
+    return OpenedRun(cfg, options, run_dir, created=created), None
 
 
 def open_run(cfg: RunConfig, resume: bool | str, options: TrainOptions,
-             dist: DistInfo) -> tuple[OpenedRun, dict | None]:
+             dist: DistInfo, given: set[str] | None = None) -> tuple[OpenedRun, dict | None]:
     """Rank 0 opens the folder and picks the checkpoint; every rank gets the same answer (or the same error)
     and then loads that same file: the broadcast is the barrier between rank 0's writes and the others' reads."""
     answer, state = None, None
     if dist.is_main:
         try:
-            answer, state = open_run_folder(cfg, resume, options)
+            answer, state = open_run_folder(cfg, resume, options, given)
         except FastmbrError as exc:
             answer = str(exc)
     answer = broadcast_object(answer, dist)
     if isinstance(answer, str):
         raise FastmbrError(answer)
     if not dist.is_main and answer.checkpoint is not None:
-        state = torch.load(answer.checkpoint, map_location="cpu", weights_only=False)
+        state = ckpt.safe_load(answer.checkpoint)
     return answer, state
 
 
 def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
-          options: TrainOptions | None = None) -> tuple[dict, Path]:
+          options: TrainOptions | None = None, given: set[str] | None = None) -> tuple[dict, Path]:
     """Run (or resume) one training run, in one process or under torchrun; returns its metrics and run folder.
 
     ``resume``: False starts a new run folder (and refuses one that holds a run); True continues the run in
@@ -759,14 +784,19 @@ def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
     and every restart (``torchrun --max-restarts``, a requeued Slurm job).
     """
     options = options or TrainOptions()
+    validate_run(cfg, options)  # before anything is written
     dist = init_from_env(resolve_device(cfg.device))
+    opened = trainer = None
     try:
-        opened, state = open_run(cfg, resume, options, dist)
+        opened, state = open_run(cfg, resume, options, dist, given)
         trainer = Trainer(opened.cfg, opened.run_dir, progress=progress, options=opened.options)
         if opened.reopened and state is None:
             trainer.log("resumed a run folder without a checkpoint: starting from scratch")
         metrics = trainer.fit(state)
-    except (FastmbrError, SystemExit):  # decisions every rank took together: leave the group cleanly
+    except (FastmbrError, SystemExit) as exc:  # decisions every rank took together: leave the group cleanly
+        if isinstance(exc, FastmbrError) and opened is not None and not opened.reopened and dist.is_main and (
+                trainer is None or not trainer.started):
+            remove_failed_start(opened.run_dir, opened.created)  # refused at set-up: the corrected command must not find it
         shutdown(dist)
         raise
     shutdown(dist)
@@ -778,7 +808,9 @@ def evaluation_config(run_dir: Path, dataset: str | None, shift: str | None, dat
     """A run's configuration pointed at the data to score it on (by default: what it was trained on)."""
     if not (run_dir / "config.json").exists():
         raise FastmbrError(f"{run_dir}: not a run folder (no config.json)")
-    cfg = RunConfig.from_dict({k: v for k, v in read_json(run_dir / "config.json").items() if k != "commit"})
+    saved = read_run_config(run_dir / "config.json")
+    check_model_hashes(saved.get("models_sha256", {}), run_dir, missing_ok=True)
+    cfg = RunConfig.from_dict(saved)
     data = replace(cfg.data, dataset=dataset or cfg.data.dataset, shift=shift if dataset or shift else cfg.data.shift,
                    data_dir=data_dir or cfg.data.data_dir,
                    skip_corrupt=cfg.data.skip_corrupt if skip_corrupt is None else skip_corrupt)

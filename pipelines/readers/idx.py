@@ -38,13 +38,14 @@ def read_idx_file(path: Path) -> np.ndarray:
 
 
 def find_idx(root: Path, stem: str) -> Path:
-    """Look for ``stem`` (.gz or raw) flat in root, or in torchvision's ``<root>/<Name>/raw/`` layout."""
-    candidates = [root / f"{stem}.gz", root / stem]
-    candidates += [p for sub in sorted(root.glob("*/raw")) for p in (sub / f"{stem}.gz", sub / stem)]
+    """Look for ``stem`` (.gz or raw) flat in root, or in its ``raw/`` (torchvision's ``<Name>/raw/`` layout, when
+    ``dataset_root`` picked ``<Name>``). Never in a sibling dataset's folder: MNIST and Fashion-MNIST share every
+    file name."""
+    candidates = [root / f"{stem}.gz", root / stem, root / "raw" / f"{stem}.gz", root / "raw" / stem]
     for path in candidates:
         if path.is_file():
             return path
-    raise FastmbrError(f"{root}: no {stem}(.gz) found (flat or <root>/<Name>/raw/ layout)")
+    raise FastmbrError(f"{root}: no {stem}(.gz) found (flat or in raw/)")
 
 
 def read(root: Path, split: str) -> LabeledImages:

@@ -53,14 +53,29 @@ def decode_error(path: Path) -> str | None:
     return None
 
 
+def _checked(entry: os.DirEntry, kind: str) -> bool:
+    """``entry.is_dir()`` / ``is_file()``, with a symbolic-link loop or an unreadable entry as a FastmbrError
+    naming it (never skipped: a missing class folder would shift every later label)."""
+    try:
+        return entry.is_dir() if kind == "dir" else entry.is_file()
+    except OSError as exc:
+        raise FastmbrError(f"{entry.path}: {exc.strerror or exc} (a symbolic link loop?)") from None
+
+
+def _scandir(folder) -> list[os.DirEntry]:
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except OSError as exc:
+        raise FastmbrError(f"{folder}: cannot list the folder ({exc.strerror or exc})") from None
+
+
 def _subfolders(folder: Path) -> list[os.DirEntry]:
-    with os.scandir(folder) as entries:
-        return sorted((e for e in entries if e.is_dir()), key=lambda e: e.name)
+    return sorted((e for e in _scandir(folder) if _checked(e, "dir")), key=lambda e: e.name)
 
 
 def _image_names(folder: str) -> list[str]:
-    with os.scandir(folder) as entries:
-        return sorted(e.name for e in entries if e.is_file() and is_image(e.name))
+    return sorted(e.name for e in _scandir(folder) if is_image(e.name) and _checked(e, "file"))
 
 
 def _holds_class_folders(folder: Path) -> bool:

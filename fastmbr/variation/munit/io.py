@@ -66,9 +66,34 @@ def read_meta(g_dir: str | Path) -> dict:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise FastmbrError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    if meta.get("format") != FORMAT:
-        raise FastmbrError(f"{path}: unknown format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise FastmbrError(f"{path}: unknown format {found!r}, expected {FORMAT!r}")
+    check_meta(meta, path)
     return meta
+
+
+# G.json's keys and their types (save_variation writes exactly these; "training" is free-form provenance).
+META_TYPES = {"format": str, "architecture": str, "direction": str, "size": str, "arch": dict, "delta_dim": int,
+              "prior": str, "delta_box": list, "image_size": int, "channels": int, "training": dict, "sha256": str}
+
+
+def check_meta(meta: dict, path: Path) -> None:
+    """Unknown keys, missing keys and wrong types in G.json are errors naming the key (never a TypeError later)."""
+    from fastmbr.typed import build
+
+    unknown = sorted(set(meta) - set(META_TYPES))
+    if unknown:
+        raise FastmbrError(f"{path}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(META_TYPES))}")
+    for key, kind in META_TYPES.items():
+        if key not in meta:
+            raise FastmbrError(f"{path}: missing key {key!r}")
+        if not isinstance(meta[key], kind) or (kind is int and isinstance(meta[key], bool)):
+            raise FastmbrError(f"{path}: {key} must be {kind.__name__}, got {meta[key]!r}")
+    box = meta["delta_box"]
+    if len(box) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+        raise FastmbrError(f"{path}: delta_box must be [low, high], got {box!r}")
+    build(MunitArch, meta["arch"], f"{path}: arch")
 
 
 def training_finished(g_dir: str | Path) -> bool:
@@ -116,7 +141,11 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FastmbrError(f"--resume: no checkpoint at {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated or foreign file
-        raise FastmbrError(f"{path}: cannot read the checkpoint ({type(exc).__name__})") from None
+    from fastmbr.engine.checkpoint import safe_load
+
+    state = safe_load(path)  # weights_only=True: a crafted file is refused, never run
+    missing = {"iteration", "trainer", "opt_gen", "opt_dis", "sched_gen", "sched_dis", "rng", "config"} - (
+        set(state) if isinstance(state, dict) else set())
+    if missing:
+        raise FastmbrError(f"{path}: not a MUNIT checkpoint of fastmbr (missing {', '.join(sorted(missing))})")
+    return state

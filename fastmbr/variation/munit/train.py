@@ -24,6 +24,8 @@ from torch import nn
 
 from fastmbr.errors import FastmbrError
 from fastmbr.variation.munit.io import CHECKPOINT, load_checkpoint, save_checkpoint, save_variation
+from fastmbr.engine.resume_check import check_same_munit_run, refuse_to_overwrite_g
+from fastmbr.engine.validate import validate_munit
 from fastmbr.variation.munit.networks import (Generator, MultiScaleDiscriminator, MunitArch, arch_preset, fit_critics,
                                               init_weights)
 from fastmbr.variation.munit.semantic import accuracy, semantic_classifier, semantic_loss
@@ -108,6 +110,7 @@ class MunitTrainer(nn.Module):
         super().__init__()
         self.arch, self.cfg = arch, cfg
         self.__dict__["semantic_net"] = semantic_net  # frozen, not ours to train or checkpoint: not a submodule
+        self.semantic_top1: float | None = None  # its top-1 on A's labelled training split, for G.json
         self.gen_a, self.gen_b = Generator(arch), Generator(arch)
         self.dis_a, self.dis_b = MultiScaleDiscriminator(arch), MultiScaleDiscriminator(arch)
         for g in (self.gen_a, self.gen_b):
@@ -240,7 +243,11 @@ def train_munit(domain_a: torch.Tensor, domain_b: torch.Tensor, cfg: MunitTrainC
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.exists() and not resume:
         raise FastmbrError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --out")
+    validate_munit(cfg)
+    refuse_to_overwrite_g(out_dir, resume)
     state = load_checkpoint(ckpt_path) if resume else None
+    if state is not None:
+        check_same_munit_run(state.get("config", {}), asdict(cfg), ckpt_path)
     if state is not None and not cfg.source:
         cfg = replace(cfg, source=state["config"].get("source", {}))
     torch.manual_seed(cfg.seed)
@@ -248,9 +255,9 @@ def train_munit(domain_a: torch.Tensor, domain_b: torch.Tensor, cfg: MunitTrainC
     if cfg.semantic > 0:
         semantic_net = semantic_classifier(domain_a, labels_a, num_classes, cfg.semantic_epochs, cfg.seed, out_dir,
                                            device)
-        cfg = replace(cfg, source={**cfg.source, "semantic_train_top1": round(accuracy(semantic_net, domain_a,
-                                                                                        labels_a), 4)})
     trainer = MunitTrainer(arch, cfg, semantic_net).to(device)
+    if semantic_net is not None:
+        trainer.semantic_top1 = round(accuracy(semantic_net, domain_a, labels_a), 4)
     rng = torch.Generator(device="cpu").manual_seed(cfg.seed)
     start, seconds = _resume(trainer, rng, state, ckpt_path, arch, size) if state is not None else (0, 0.0)
     data_a, data_b = domain_a.to(device), domain_b.to(device)
@@ -296,7 +303,8 @@ def training_record(trainer: MunitTrainer, iteration: int, losses: dict[str, flo
     c = trainer.cfg
     return {**c.source, "iterations": iteration, "planned_iterations": c.iters, "batch_size": c.batch_size,
             "recon_x_cyc": c.recon_x_cyc, "semantic": c.semantic, "lr": c.lr, "seed": c.seed,
-            "train_minutes": round(seconds / 60, 2), "final_losses": {k: round(v, 5) for k, v in losses.items()}}
+            "train_minutes": round(seconds / 60, 2), "final_losses": {k: round(v, 5) for k, v in losses.items()},
+            **({"semantic_train_top1": trainer.semantic_top1} if trainer.semantic_top1 is not None else {})}
 
 
 def _checkpoint(trainer: MunitTrainer, rng: torch.Generator, iteration: int, out_dir: Path, size: int, fixed,
