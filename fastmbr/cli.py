@@ -39,7 +39,16 @@ def train(
     k: Optional[int] = typer.Option(None, "-k", "--k", help="draws (MRT, MDA) or ascent steps (MAT, PGD)"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="weight λ of the clean loss"),
     alpha: Optional[float] = typer.Option(None, help="ascent step size (MAT, PGD)"),
-    model: list[str] = typer.Option([], "--model", help="known:NAME or a G folder; repeat to compose G1(G2(x))"),
+    model: list[str] = typer.Option([], "--model", help="known:NAME or a G folder; repeat to compose G1(G2(x)): "
+                                                        "the first --model is the outermost"),
+    select: Optional[str] = typer.Option(None, help="MRT: sample (per-sample worst draw; default) | batch (the draw "
+                                                    "set with the largest batch loss: the paper's Algorithm 2)"),
+    mat_init: Optional[str] = typer.Option(None, help="MAT: sample (a prior draw; default) | zero (Algorithm 3)"),
+    mat_step: Optional[str] = typer.Option(None, help="MAT: sign (signed steps; default) | grad (Algorithm 3)"),
+    loss_reduction: Optional[str] = typer.Option(None, help="MRT/MAT/MDA/PGD: sum (Σ copies + λ·clean; default) | "
+                                                            "mean (over the k + 1 copies, as the reference code)"),
+    shared_delta: bool = typer.Option(False, "--shared-delta", help="composed models: one δ for every --model "
+                                                                    "(Eq. 6.1; their δ spaces must agree)"),
     arch: Optional[str] = typer.Option(None, help="cnn | resnet18 | resnet34 | resnet50"),
     epochs: Optional[int] = typer.Option(None, help="epochs (preset: the paper's)"),
     warmup_epochs: Optional[int] = typer.Option(None, help="ERM epochs before the robust algorithm"),
@@ -87,6 +96,7 @@ def train(
     """
     from os import environ
 
+    from fastmbr.algorithms.options import algorithm_options
     from fastmbr.config import preset_config
     from fastmbr.engine.trainer import TrainOptions
     from fastmbr.engine.trainer import train as run_train
@@ -96,13 +106,15 @@ def train(
 
     cfg = preset_config(dataset, algo, shift)
     overrides = {
-        "k": k, "lam": lam, "alpha": alpha,
+        "k": k, "lam": lam, "alpha": alpha, "select": select, "mat_init": mat_init, "mat_step": mat_step,
+        "loss_reduction": loss_reduction,
     }
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg.algo, key, value)
     if model:
         cfg.algo.models = list(model)
+    cfg.algo.shared_delta = shared_delta
     for key, value in {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "optimizer": optimizer}.items():
         if value is not None:
             setattr(cfg.optim, key, value)
@@ -116,6 +128,7 @@ def train(
     cfg.compile, cfg.amp, cfg.checkpoint_every, cfg.max_nonfinite = compile, amp, checkpoint_every, max_nonfinite
     cfg.compile_mode = compile_mode
     cfg.keep_checkpoints, cfg.log_every = keep_checkpoints, log_every
+    algorithm_options(cfg.algo)  # a variant flag the algorithm has no use for: one line, before any data loads
     options = TrainOptions(accumulate=accumulate, sync_bn=sync_bn, dropout=dropout, deterministic=deterministic)
     metrics, run_dir = run_train(cfg, resume="auto" if auto_resume else resume, progress=progress, options=options)
     if environ.get("RANK", "0") == "0":

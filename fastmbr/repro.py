@@ -140,6 +140,8 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.algo.k = spec.get("k", cfg.algo.k)
     cfg.algo.lam = spec.get("lambda", cfg.algo.lam)
     cfg.algo.alpha = spec.get("alpha", cfg.algo.alpha)
+    for variant in ("select", "mat_init", "mat_step", "loss_reduction", "shared_delta"):  # docs/design.md
+        setattr(cfg.algo, variant, spec.get(variant, getattr(cfg.algo, variant)))
     cfg.algo.models = resolve_models(list(spec.get("model", cfg.algo.models)), root.parent, recipe, full)
     cfg.optim.epochs = spec.get("epochs", cfg.optim.epochs)
     cfg.optim.warmup_epochs = spec.get("warmup_epochs", 0)
