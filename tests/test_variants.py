@@ -191,3 +191,12 @@ def test_cli_variant_flags_refuse_the_wrong_algorithm_in_one_line(args, culprit,
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and culprit in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+def test_augmix_leaves_out_the_ops_that_are_the_test_shifts():
+    from torchvision.transforms import v2
+
+    algo = build_algorithm("augmix")
+    assert algo.all_ops is False and algo.augmix.all_ops is False
+    ops = set(v2.AugMix._PARTIAL_AUGMENTATION_SPACE)
+    assert not ops & {"Brightness", "Contrast", "Color", "Sharpness"}
