@@ -213,7 +213,8 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="few cases, small sizes (< 3 minutes on 2 CPU cores)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile G's encoder and decoder"),
-    amp: bool = typer.Option(False, "--amp", help="fastmbr's path in bf16 autocast (the reference stays fp32)"),
+    amp: bool = typer.Option(False, "--amp", help="G.expand (amp vs amp) and ERM's step in bf16 autocast; full "
+                                                  "steps always run at fp32/fp32 and at amp/amp"),
     only: list[str] = typer.Option([], "--only", help="run only cases whose name contains this"),
     size: Optional[str] = typer.Option(None, help="MUNIT size preset: tiny | base"),
     image_size: Optional[int] = typer.Option(None),
