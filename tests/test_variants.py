@@ -200,3 +200,25 @@ def test_augmix_leaves_out_the_ops_that_are_the_test_shifts():
     assert algo.all_ops is False and algo.augmix.all_ops is False
     ops = set(v2.AugMix._PARTIAL_AUGMENTATION_SPACE)
     assert not ops & {"Brightness", "Contrast", "Color", "Sharpness"}
+
+
+def test_training_builds_the_named_variants_and_records_them(tmp_path, monkeypatch):
+    import json
+
+    from fastmbr.config import preset_config
+    from fastmbr.engine import trainer
+
+    built = []
+    real_build = trainer.build_algorithm
+    monkeypatch.setattr(trainer, "build_algorithm", lambda *a, **kw: built.append(real_build(*a, **kw)) or built[-1])
+    cfg = preset_config("mnist", "mat", "background-color")
+    cfg.data.limit, cfg.data.batch_size, cfg.optim.epochs = 64, 32, 1
+    cfg.device, cfg.out = "cpu", str(tmp_path / "run")
+    cfg.algo.k, cfg.algo.mat_init, cfg.algo.mat_step, cfg.algo.loss_reduction = 2, "zero", "grad", "mean"
+    cfg.algo.models, cfg.algo.shared_delta = ["known:background-color", "known:background-color"], True
+    _, run_dir = trainer.train(cfg, progress=False)
+    mat = built[0]
+    assert (mat.name, mat.init, mat.signed, mat.reduction) == ("mat", "zero", False, "mean")
+    saved = json.loads((run_dir / "config.json").read_text())["algo"]
+    assert (saved["mat_init"], saved["mat_step"], saved["loss_reduction"], saved["shared_delta"]) == \
+        ("zero", "grad", "mean", True)
