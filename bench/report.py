@@ -42,14 +42,15 @@ def versions() -> dict:
 
 def suite(setup: BenchSetup, quick: bool) -> list[tuple[str, callable]]:
     """The cases in the order they run: the kernels first (seconds, nothing to compile), so that a run cut short
-    by a lent GPU's time limit still has them."""
+    by a lent GPU's time limit still has them. Each full step runs at fp32/fp32 and at amp/amp."""
     ks = (3, 10) if quick else (1, 3, 10, 20)
     cases = [("kernels", lambda: kernel_cases(setup, quick))]
     cases += [(f"expand k={k}", lambda k=k: bench_expand(setup, k)) for k in ks]
     cases.append(("decode chunk", lambda: tune_decode_chunk(setup, 10)))
     cases.append(("classifier step", lambda: bench_classifier_step(setup)))
     algos = [("mda", 3), ("mrt", 10)] if quick else [("mda", 3), ("mda", 10), ("mrt", 10), ("mrt", 20)]
-    cases += [(f"{a}-{k}", lambda a=a, k=k: bench_full_step(setup, a, k)) for a, k in algos]
+    cases += [(f"{a}-{k} {'amp' if amp else 'fp32'}", lambda a=a, k=k, amp=amp: bench_full_step(setup, a, k, amp))
+              for a, k in algos for amp in (False, True)]
     cases.append(("loaders", lambda: loader_cases(setup, quick)))
     cases.append(("erm fed", lambda: erm_fed_cases(setup, quick)))
     return cases
@@ -107,9 +108,12 @@ def kernel_cases(setup: BenchSetup, quick: bool) -> list[dict]:
     from fastmbr.bench.kernels import bench_pga, bench_worst_of_k
 
     repeats = 10 if quick else 50
-    wok = bench_worst_of_k(setup.device, k=10, batch=setup.batch, classes=1000, repeats=repeats)
-    pga = bench_pga(setup.device, batch=setup.batch, repeats=repeats)
-    return [{"case": "kernel worst_of_k (k=10, C=1000)", **wok}, {"case": "kernel pga_step_", **pga}]
+    out = [reported(f"kernel worst_of_k (k=10, B={b}, C=1000)", lambda b=b: {
+        "case": f"kernel worst_of_k (k=10, B={b}, C=1000)",
+        **bench_worst_of_k(setup.device, k=10, batch=b, classes=1000, repeats=repeats)})
+        for b in sorted({setup.batch, 256})]  # B = 256: where the kernel, not the launch, decides
+    return out + [reported("kernel pga_step_", lambda: {"case": "kernel pga_step_",
+                                                        **bench_pga(setup.device, batch=setup.batch, repeats=repeats)})]
 
 
 def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list[str] | None, console,
@@ -135,14 +139,27 @@ def run_bench(device: str, quick: bool, compile: bool, out_dir: Path, only: list
         if only and not any(o in name for o in only):
             continue
         console.print(f"[dim]bench: {name}…[/dim]")
-        produced = case()
+        produced = reported(name, case)  # a case that fails is an error row; the run goes on
         payload["results"] += produced if isinstance(produced, list) else [produced]
+        payload["headline"] = headline(payload["results"])
         write_payload(path, payload)  # after every case: a run cut short by a time limit keeps what it measured
     payload["complete"] = True
     write_payload(path, payload)
     print_table(payload["results"], console, payload["device"])
     console.print(f"written: {path}")
     return path
+
+
+def headline(results: list[dict]) -> dict:
+    """The speed-ups over the reference at the same precision, amp/amp first (the headline: the reference code
+    shipped with ``--half-prec``), then fp32/fp32."""
+    out = {}
+    for precision in ("amp/amp", "fp32/fp32"):
+        rows = {r["case"]: r["fastmbr speed-up"] for r in results
+                if r.get("precision") == precision and "fastmbr speed-up" in r}
+        if rows:
+            out[precision] = rows
+    return out
 
 
 def result_path(out_dir: Path, device: str, quick: bool, compile: bool, amp: bool, only: list[str] | None) -> Path:

@@ -16,7 +16,7 @@ from torch import nn
 from fastmbr.algorithms import build_algorithm
 from fastmbr.bench.flops import flops_of, throughput
 from fastmbr.bench.kernels import seconds_per_call
-from fastmbr.bench.reference import REFERENCE_LOSSES, reference_generate
+from fastmbr.bench.reference import REFERENCE_LOSSES, half_dtype, reference_generate, reference_half
 from fastmbr.models import build_classifier
 from fastmbr.variation.munit.networks import Generator, MunitArch, arch_preset
 from fastmbr.variation.munit.variation import MunitVariation
@@ -32,12 +32,24 @@ class BenchSetup:
     repeats: int = 3
     rounds: int = 3
     compile: bool = False
-    amp: bool = False  # fastmbr's path under bf16 autocast (CUDA; CPUs with AVX512-BF16/AMX); the reference stays fp32
+    amp: bool = False  # G.expand and the classifier step in bf16 autocast (amp vs amp for G.expand)
 
 
-def fast_precision(setup: BenchSetup):
-    """The autocast context of fastmbr's path (the reference code runs fp32 throughout)."""
-    return torch.autocast(setup.device.type, dtype=torch.bfloat16) if setup.amp else nullcontext()
+def fast_precision(setup: BenchSetup, amp: bool | None = None):
+    """The autocast context of fastmbr's path: bf16, as ``fastmbr train`` on CUDA (and CPUs with AMX/AVX512-BF16)."""
+    amp = setup.amp if amp is None else amp
+    return torch.autocast(setup.device.type, dtype=torch.bfloat16) if amp else nullcontext()
+
+
+def reference_precision(setup: BenchSetup, amp: bool):
+    """The reference code's precision: fp32, or its ``--half-prec`` (apex O1 on the classifier, here ``autocast`` in
+    fp16 on CUDA and bf16 on a CPU)."""
+    return torch.autocast(setup.device.type, dtype=half_dtype(setup.device)) if amp else nullcontext()
+
+
+def precision_label(amp: bool) -> str:
+    """Both paths at one precision: ``fp32/fp32``, or ``amp/amp`` (the reference with G in half precision)."""
+    return "amp/amp" if amp else "fp32/fp32"
 
 
 def sync(device: torch.device) -> None:
@@ -90,6 +102,7 @@ def bench_expand(setup: BenchSetup, k: int) -> dict:
     """k variations of a batch: fastmbr's expand vs a loop of forward calls vs the reference (re-encode per draw)."""
     gen, G = make_generator(setup)
     G = maybe_compile(G, setup)
+    ref_gen = reference_half(gen, setup.device) if setup.amp else gen
     x = torch.rand(setup.batch, 3, setup.image_size, setup.image_size, device=setup.device)
     delta = G.sample_delta(setup.batch, k)
     def fast(fn):
@@ -100,13 +113,14 @@ def bench_expand(setup: BenchSetup, k: int) -> dict:
 
     with torch.no_grad():
         t = side_by_side({
-            "reference": lambda: [reference_generate(gen, x, delta[i]) for i in range(k)],
+            "reference": lambda: [reference_generate(ref_gen, x, delta[i]) for i in range(k)],
             "loop": fast(lambda: [G(x, delta[i]) for i in range(k)]),
             "expand": fast(lambda: G.expand(x, delta)),
         }, setup.device, setup.repeats, setup.rounds)
     images = k * setup.batch
-    precision = " (bf16 vs fp32)" if setup.amp else ""
-    return {"case": f"G.expand k={k}{precision}", **_rates(t, images, baseline="reference")}
+    precision = " (amp/amp: bf16 autocast vs G in half precision)" if setup.amp else ""
+    return {"case": f"G.expand k={k}{precision}", "precision": precision_label(setup.amp),
+            **_rates(t, images, baseline="reference")}
 
 
 def tune_decode_chunk(setup: BenchSetup, k: int) -> dict:
@@ -129,9 +143,12 @@ def tune_decode_chunk(setup: BenchSetup, k: int) -> dict:
             **{f"{name} images/s": k * setup.batch / s for name, s in t.items()}}
 
 
-def bench_full_step(setup: BenchSetup, algo_name: str, k: int) -> dict:
-    """One optimisation step (G, selection/augmentation, classifier forward/backward, update) per path."""
+def bench_full_step(setup: BenchSetup, algo_name: str, k: int, amp: bool = False) -> dict:
+    """One optimisation step (G, selection/augmentation, classifier forward/backward, update) per path, both paths at
+    one precision: fp32/fp32, or amp/amp (fastmbr in bf16 autocast; the reference under autocast with G in half
+    precision, as its ``--half-prec`` scripts)."""
     gen, G = make_generator(setup)
+    ref_gen = reference_half(gen, setup.device) if amp else gen
     G = maybe_compile(G, setup)
     torch.manual_seed(0)
     fast_model = build_classifier(setup.arch, 10, image_size=setup.image_size).to(setup.device)
@@ -153,14 +170,15 @@ def bench_full_step(setup: BenchSetup, algo_name: str, k: int) -> dict:
         opt.step()
 
     paths = {
-        "reference": lambda: step(ref_model, ref_opt, lambda: REFERENCE_LOSSES[algo_name](ref_model, gen, x, y, k)),
+        "reference": lambda: step(ref_model, ref_opt, lambda: REFERENCE_LOSSES[algo_name](ref_model, ref_gen, x, y, k),
+                                  lambda: reference_precision(setup, amp)),
         "fastmbr": lambda: step(fast_model, fast_opt, lambda: algo.loss(fast_step_model, G, x, y)["loss"],
-                                lambda: fast_precision(setup)),
+                                lambda: fast_precision(setup, amp)),
     }
     t = side_by_side(paths, setup.device, setup.repeats, setup.rounds)
-    precision = ", bf16 vs fp32" if setup.amp else ""
-    return {"case": f"{algo_name.upper()}-{k} full step ({setup.arch}, MUNIT {setup.size}, {setup.image_size}px"
-                    f"{precision})",
+    return {"case": f"{algo_name.upper()}-{k} full step ({setup.arch}, MUNIT {setup.size}, {setup.image_size}px, "
+                    f"{precision_label(amp)})",
+            "precision": precision_label(amp),
             **_rates(t, setup.batch, baseline="reference"),
             **throughput(flops_of(paths["fastmbr"]), t["fastmbr"], setup.device, "fastmbr"),
             **throughput(flops_of(paths["reference"]), t["reference"], setup.device, "reference")}

@@ -40,7 +40,16 @@ def train(
     k: Optional[int] = typer.Option(None, "-k", "--k", help="draws (MRT, MDA) or ascent steps (MAT, PGD)"),
     lam: Optional[float] = typer.Option(None, "--lambda", help="weight λ of the clean loss"),
     alpha: Optional[float] = typer.Option(None, help="ascent step size (MAT, PGD)"),
-    model: list[str] = typer.Option([], "--model", help="known:NAME or a G folder; repeat to compose G1(G2(x))"),
+    model: list[str] = typer.Option([], "--model", help="known:NAME or a G folder; repeat to compose G1(G2(x)): "
+                                                        "the first --model is the outermost"),
+    select: Optional[str] = typer.Option(None, help="MRT: sample (per-sample worst draw; default) | batch (the draw "
+                                                    "set with the largest batch loss: the paper's Algorithm 2)"),
+    mat_init: Optional[str] = typer.Option(None, help="MAT: sample (a prior draw; default) | zero (Algorithm 3)"),
+    mat_step: Optional[str] = typer.Option(None, help="MAT: sign (signed steps; default) | grad (Algorithm 3)"),
+    loss_reduction: Optional[str] = typer.Option(None, help="MRT/MAT/MDA/PGD: sum (Σ copies + λ·clean; default) | "
+                                                            "mean (over the k + 1 copies, as the reference code)"),
+    shared_delta: bool = typer.Option(False, "--shared-delta", help="composed models: one δ for every --model "
+                                                                    "(Eq. 6.1; their δ spaces must agree)"),
     arch: Optional[str] = typer.Option(None, help="cnn | resnet18 | resnet34 | resnet50"),
     epochs: Optional[int] = typer.Option(None, help="epochs (preset: the paper's)"),
     warmup_epochs: Optional[int] = typer.Option(None, help="ERM epochs before the robust algorithm"),
@@ -88,6 +97,7 @@ def train(
     """
     from os import environ
 
+    from fastmbr.algorithms.options import algorithm_options
     from fastmbr.config import preset_config
     from fastmbr.engine.trainer import TrainOptions
     from fastmbr.engine.trainer import train as run_train
@@ -97,13 +107,15 @@ def train(
 
     cfg = preset_config(dataset, algo, shift)
     overrides = {
-        "k": k, "lam": lam, "alpha": alpha,
+        "k": k, "lam": lam, "alpha": alpha, "select": select, "mat_init": mat_init, "mat_step": mat_step,
+        "loss_reduction": loss_reduction,
     }
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg.algo, key, value)
     if model:
         cfg.algo.models = list(model)
+    cfg.algo.shared_delta = shared_delta
     for key, value in {"epochs": epochs, "warmup_epochs": warmup_epochs, "lr": lr, "optimizer": optimizer}.items():
         if value is not None:
             setattr(cfg.optim, key, value)
@@ -117,6 +129,7 @@ def train(
     cfg.compile, cfg.amp, cfg.checkpoint_every, cfg.max_nonfinite = compile, amp, checkpoint_every, max_nonfinite
     cfg.compile_mode = compile_mode
     cfg.keep_checkpoints, cfg.log_every = keep_checkpoints, log_every
+    algorithm_options(cfg.algo)  # a variant flag the algorithm has no use for: one line, before any data loads
     options = TrainOptions(accumulate=accumulate, sync_bn=sync_bn, dropout=dropout, deterministic=deterministic)
     from fastmbr.engine.resume_check import given_fields
 
@@ -204,7 +217,8 @@ def bench(
     quick: bool = typer.Option(False, "--quick", help="few cases, small sizes (< 3 minutes on 2 CPU cores)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     compile: bool = typer.Option(False, "--compile/--no-compile", help="torch.compile G's encoder and decoder"),
-    amp: bool = typer.Option(False, "--amp", help="fastmbr's path in bf16 autocast (the reference stays fp32)"),
+    amp: bool = typer.Option(False, "--amp", help="G.expand (amp vs amp) and ERM's step in bf16 autocast; full "
+                                                  "steps always run at fp32/fp32 and at amp/amp"),
     only: list[str] = typer.Option([], "--only", help="run only cases whose name contains this"),
     size: Optional[str] = typer.Option(None, help="MUNIT size preset: tiny | base"),
     image_size: Optional[int] = typer.Option(None),

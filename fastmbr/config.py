@@ -34,6 +34,12 @@ class AlgoConfig:
     lam: float | None = None
     alpha: float | None = None  # MAT / PGD step size
     models: list[str] = field(default_factory=list)  # "known:NAME" or a G_DIR; several → composed G1(G2(x))
+    # Paper variants by name (None: the algorithm's default, ours; docs/design.md): fastmbr.algorithms.options
+    select: str | None = None  # MRT: sample (ours) | batch (Algorithm 2)
+    mat_init: str | None = None  # MAT: sample (ours) | zero (Algorithm 3)
+    mat_step: str | None = None  # MAT: sign (ours) | grad (Algorithm 3)
+    loss_reduction: str | None = None  # MRT/MAT/MDA/PGD: sum (ours) | mean over the k + 1 copies (reference code)
+    shared_delta: bool = False  # composed models: one δ for all members (Eq. 6.1) instead of one each
 
 
 @dataclass

@@ -25,10 +25,12 @@ NUMBER, TEXT, ANY = (int, float), (str,), None
 RUN_KEYS = {"algo": TEXT, "k": (int,), "lambda": NUMBER, "alpha": NUMBER, "model": (list,), "epochs": (int,),
             "warmup_epochs": (int,), "lr": NUMBER, "lr_end": NUMBER, "image_size": (int,), "limit": (int,),
             "classes": (str, int), "train_also": TEXT, "augment": TEXT, "arch": TEXT,
-            "snapshot": (int,)}  # a sweep over the snapshots of one learned G (Figure 8)
+            "snapshot": (int,),  # a sweep over the snapshots of one learned G (Figure 8)
+            "select": TEXT, "mat_init": TEXT, "mat_step": TEXT, "loss_reduction": TEXT, "shared_delta": ANY,
+            "after_b": ANY}  # the paper's variants by name (docs/design.md); rows added after B was seen
 TOP_KEYS = {"title": TEXT, "dataset": TEXT, "shift": TEXT, "seeds": (int,), "settings": (dict,), "full": (dict,),
             "paper": (dict,), "runs": (dict,), "sweep": (dict,), "learned_models": (dict,), "eval_shifts": (list,),
-            "eval_axis": TEXT, "reference": TEXT, "notes": TEXT}
+            "eval_axis": TEXT, "reference": TEXT, "notes": TEXT, "paper_comparable": ANY}
 LEARNED_KEYS = {"dataset": TEXT, "shift": TEXT, "size": TEXT, "iters": (int,), "lr_step": (int,),
                 "cycle": NUMBER, "classes": (str, int), "image_size": (int,), "batch_size": (int,), "lr": NUMBER,
                 "semantic": NUMBER, "prior": TEXT, "bound": NUMBER, "snapshots": (list,)}

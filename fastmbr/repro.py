@@ -23,6 +23,7 @@ from fastmbr.engine.rundir import git_sha, read_json
 from fastmbr.errors import FastmbrError
 from fastmbr.fileio import atomic_write
 from fastmbr.recipe_check import drop_stale, load_yaml, run_folder, run_lock, stale_differences, validate_recipe
+from fastmbr.repro_readings import paper_cell, paper_header, reading, row_label, variant_note  # noqa: F401 (reading)
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -196,6 +197,8 @@ def run_config(recipe: dict, run: str, seed: int, full: bool, data_dir: str | No
     cfg.algo.k = spec.get("k", cfg.algo.k)
     cfg.algo.lam = spec.get("lambda", cfg.algo.lam)
     cfg.algo.alpha = spec.get("alpha", cfg.algo.alpha)
+    for variant in ("select", "mat_init", "mat_step", "loss_reduction", "shared_delta"):  # docs/design.md
+        setattr(cfg.algo, variant, spec.get(variant, getattr(cfg.algo, variant)))
     models = list(spec.get("model", cfg.algo.models))
     if "snapshot" in spec:  # a sweep over the iterations of one learned G (the paper's Figure 8)
         models = [f"{m}@{spec['snapshot']}" if m.startswith("learned:") and "@" not in m else m for m in models]
@@ -291,40 +294,6 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {sd:.1f}"
 
 
-def reading(recipe: dict, runs: dict[str, list[dict]]) -> str:
-    """One generated sentence: the best model-based algorithm against the baseline row on B, ours and the paper's.
-
-    The baseline is the recipe's ``reference`` run (default ``erm``; Table 2 compares with ERM+Aug). Only rows with
-    at least the baseline's number of seeds compete (when any has them), and a gap no larger than the spread over
-    seeds is called what it is.
-    """
-    ref = recipe.get("reference", "erm")
-    b_top1 = {run: [m["test"]["B"]["top1"] for m in ms] for run, ms in runs.items() if ms}
-    if ref not in b_top1:
-        return f"{ref.upper()} has not run yet."
-    model_based = {r: v for r, v in b_top1.items() if recipe["runs"].get(r, {}).get("algo") in MODEL_BASED}
-    if not model_based:
-        return "No model-based run has finished yet."
-    base = b_top1[ref]
-    candidates = {r: v for r, v in model_based.items() if len(v) >= len(base)} or model_based
-    best = max(candidates, key=lambda r: statistics.mean(candidates[r]))
-    gap = statistics.mean(candidates[best]) - statistics.mean(base)
-    spread = max(statistics.stdev(v) if len(v) > 1 else 0.0 for v in (base, candidates[best]))
-    paper = recipe.get("paper", {})
-    paper_part = f" (paper: {paper[best] - paper[ref]:+.1f})" if best in paper and ref in paper else ""
-    seeds = f"{len(candidates[best])} vs {len(base)} seeds"
-    if len(base) < 2 or len(candidates[best]) < 2:
-        verdict = "one seed: no spread over seeds to judge the gap against"
-    elif gap <= 0:
-        verdict = "does not reproduce the paper's gain on B under this budget"
-    elif gap <= spread:
-        verdict = f"a gain within the spread over seeds (± {spread:.1f}), not a clear one"
-    else:
-        verdict = "agrees with the paper: model-based training helps on B"
-    return (f"Best model-based algorithm {best.upper()} vs {ref.upper()} on B: {gap:+.1f} points{paper_part}, "
-            f"{seeds}; {verdict}.")
-
-
 def write_report(name: str, root: Path, full: bool = False) -> Path:
     recipe = load_recipe(name)
     runs, stale = drop_stale(collect(root / recipe["name"]), lambda run, seed: run_config(
@@ -348,17 +317,17 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
         f"- budget: {json.dumps(recipe.get('full' if full else 'settings', {}))}; training wall time "
         f"{seconds / 60:.1f} min in all; model selection on A's validation split",
         "",
-        "| algorithm | model of variation, k | seeds | A test top-1 | B test top-1 | B test top-5 | paper (B top-1) |",
+        f"| algorithm | model of variation, k | seeds | A test top-1 | B test top-1 | B test top-5 | "
+        f"{paper_header(recipe)} |",
         "|---|---|---|---|---|---|---|",
     ]
-    paper = recipe.get("paper", {})
     for run in recipe["runs"]:
         ms = runs.get(run, [])
         lines.append(
-            f"| {run.upper()} | {run_model(recipe, run, root, full)} | {len(ms)} | "
+            f"| {row_label(recipe, run)} | {run_model(recipe, run, root, full)} | {len(ms)} | "
             f"{mean_sd([m['test']['A']['top1'] for m in ms])} | "
             f"{mean_sd([m['test']['B']['top1'] for m in ms])} | {mean_sd([m['test']['B']['top5'] for m in ms])} | "
-            f"{paper.get(run, '–')} |"
+            f"{paper_cell(recipe, run)} |"
         )
     lines += ["", reading(recipe, runs), ""]
     if stale:
@@ -386,7 +355,7 @@ def run_model(recipe: dict, run: str, root: Path = Path("runs/repro"), full: boo
     if cfg.algo.name in ("erm", "adda", "augmix"):
         return "–"
     models = [m if m.startswith("known:") else learned_name(Path(m)) for m in cfg.algo.models]
-    return f"{' ∘ '.join(models)}, k={k}"
+    return f"{' ∘ '.join(models)}, k={k}{variant_note(cfg.algo)}"
 
 
 def learned_name(g_dir: Path) -> str:

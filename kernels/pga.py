@@ -21,11 +21,20 @@ def pga_step_reference(
 ) -> torch.Tensor:
     """In-place ascent step (sign of the gradient when ``signed``) and projection onto the box; returns δ.
 
-    ``low``/``high`` broadcast against δ's last dimension (per-coordinate box) or are scalars.
+    ``low``/``high`` broadcast against δ's last dimension (per-coordinate box) or are scalars (tensors or Python
+    numbers). A NaN gradient, on both paths: a signed step leaves that coordinate of δ where it was (torch.sign(NaN)
+    is 0); a raw step makes it NaN (the clamp propagates NaN), so the trainer sees a non-finite loss and skips the
+    step, instead of training on a δ silently set to a bound.
     """
     step = grad.sign() if signed else grad
     delta.add_(step.to(delta.dtype), alpha=step_size_in(alpha, delta.dtype))
-    return torch.maximum(torch.minimum(delta, high.to(delta.dtype)), low.to(delta.dtype), out=delta)
+    high_d, low_d = _bound_like(high, delta), _bound_like(low, delta)
+    return torch.maximum(torch.minimum(delta, high_d), low_d, out=delta)
+
+
+def _bound_like(bound, delta: torch.Tensor) -> torch.Tensor:
+    """A bound (tensor or Python number) on δ's device, rounded to δ's dtype."""
+    return torch.as_tensor(bound, device=delta.device).to(delta.dtype)
 
 
 def step_size_in(alpha, dtype: torch.dtype) -> float:
@@ -73,17 +82,20 @@ def _pga_kernel():
         """Elementwise step and clamp; a bound of length L is read at ``element % L``.
 
         Like the reference: the sign is taken before any rounding and the sum is rounded to δ's dtype once
-        (``add_`` computes in fp32 for half types). sign keeps NaN, as torch.sign does.
+        (``add_`` computes in fp32 for half types). The sign of NaN is 0, as torch.sign's; the clamp keeps NaN, as
+        torch.minimum/maximum do.
         """
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offsets < n
         d = tl.load(delta_ptr + offsets, mask=mask).to(tl.float32)
         g = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
         if SIGNED:
-            g = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, g))
+            g = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))
         low = tl.load(low_ptr + offsets % low_len, mask=mask)
         high = tl.load(high_ptr + offsets % high_len, mask=mask)
-        d = tl.maximum(tl.minimum(d + alpha * g, high), low)
+        # as torch.minimum/maximum: a NaN step stays NaN, never becomes a bound
+        d = tl.minimum(d + alpha * g, high, propagate_nan=tl.PropagateNan.ALL)
+        d = tl.maximum(d, low, propagate_nan=tl.PropagateNan.ALL)
         tl.store(delta_ptr + offsets, d.to(delta_ptr.dtype.element_ty), mask=mask)
 
     return pga_kernel

@@ -17,7 +17,8 @@ def test_bench_writes_a_result_file_with_device_commit_and_ratios(tmp_path):
     cases = {r["case"]: r for r in payload["results"]}
     expand = cases["G.expand k=3"]
     assert {"reference images/s", "loop images/s", "expand images/s", "expand speed-up"} <= set(expand)
-    assert all(v > 0 for k, v in expand.items() if k != "case")
+    assert all(v > 0 for k, v in expand.items() if k not in ("case", "precision"))
+    assert expand["precision"] == "fp32/fp32"
     assert cases["decode chunk k=10"]["best"].startswith("chunk=")
     assert payload["complete"] is True
 
@@ -40,15 +41,64 @@ def test_a_bench_cut_short_keeps_the_cases_it_finished(tmp_path, monkeypatch):
     assert payload["complete"] is False and [r["case"] for r in payload["results"]] == ["G.expand k=3"]
 
 
-def test_bench_amp_times_the_fast_path_in_bf16_and_names_it(tmp_path):
-    main(["bench", "--quick", "--device", "cpu", "--size", "tiny", "--batch-size", "4", "--amp",
+def test_bench_full_steps_compare_fp32_with_fp32_and_amp_with_amp(tmp_path):
+    main(["bench", "--quick", "--device", "cpu", "--size", "tiny", "--batch-size", "4",
           "--only", "mda-3", "--out", str(tmp_path)])
-    (path,) = tmp_path.glob("*-amp-only-mda-3.json")
-    (case,) = json.loads(path.read_text())["results"]
-    assert "bf16 vs fp32" in case["case"] and case["fastmbr speed-up"] > 0
-    # encode once, no style encoder: fastmbr's step does fewer FLOPs than the reference's
-    assert 0 < case["fastmbr GFLOP/call"] < case["reference GFLOP/call"]
-    assert case["fastmbr TFLOP/s"] > 0 and "fastmbr fraction of bf16 peak" not in case  # no peak known for a CPU
+    (path,) = tmp_path.glob("*-only-mda-3.json")
+    payload = json.loads(path.read_text())
+    fp32, amp = payload["results"]
+    assert (fp32["precision"], amp["precision"]) == ("fp32/fp32", "amp/amp") and "amp/amp" in amp["case"]
+    for case in (fp32, amp):
+        assert case["fastmbr speed-up"] > 0
+        # encode once, no style encoder: fastmbr's step does fewer FLOPs than the reference's
+        assert 0 < case["fastmbr GFLOP/call"] < case["reference GFLOP/call"]
+        assert case["fastmbr TFLOP/s"] > 0 and "fastmbr fraction of bf16 peak" not in case  # no peak for a CPU
+    assert list(payload["headline"]) == ["amp/amp", "fp32/fp32"]  # amp/amp is the headline
+    assert payload["headline"]["amp/amp"] == {amp["case"]: amp["fastmbr speed-up"]}
+
+
+def test_the_reference_runs_at_the_precision_it_is_given_and_concatenates_mda():
+    from fastmbr.bench.reference import reference_half, reference_mda_loss
+    from fastmbr.bench.stages import BenchSetup, make_generator
+
+    setup = BenchSetup(device=torch.device("cpu"), size="tiny", image_size=16, batch=3)
+    gen, _ = make_generator(setup)
+    half = reference_half(gen, setup.device)
+    assert next(half.parameters()).dtype == torch.bfloat16 and next(gen.parameters()).dtype == torch.float32
+    calls = []
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 5))
+    model.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    x, y = torch.rand(3, 3, 16, 16), torch.randint(0, 5, (3,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = reference_mda_loss(model, half, x, y, k=3)
+    assert calls == [12] and loss.dtype == torch.float32  # one forward over the k + 1 copies
+
+
+def test_a_failing_case_is_an_error_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    from fastmbr.bench import report
+
+    def broken(setup, k):
+        raise RuntimeError("out of memory on purpose\nsecond line")
+
+    monkeypatch.setattr(report, "bench_expand", broken)
+    main(["bench", "--quick", "--device", "cpu", "--size", "tiny", "--batch-size", "4",
+          "--only", "expand k=3", "--only", "decode chunk", "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("*.json")
+    payload = json.loads(path.read_text())
+    assert payload["results"][0] == {"case": "expand k=3", "error": "out of memory on purpose"}
+    assert payload["results"][1]["case"] == "decode chunk k=10" and payload["complete"] is True
+
+
+def test_kernel_cases_time_worst_of_k_at_batch_256_and_1000_classes(monkeypatch):
+    from fastmbr.bench import kernels, report
+    from fastmbr.bench.stages import BenchSetup
+
+    seen = []
+    monkeypatch.setattr(kernels, "bench_worst_of_k", lambda device, k, batch, classes, repeats: seen.append(
+        (k, batch, classes)) or {"speedup": 1.0})
+    monkeypatch.setattr(kernels, "bench_pga", lambda device, batch, repeats: {"speedup": 1.0})
+    rows = report.kernel_cases(BenchSetup(device=torch.device("cpu"), batch=32), quick=True)
+    assert seen == [(10, 32, 1000), (10, 256, 1000)] and len(rows) == 3
 
 
 def test_flop_counter_matches_the_formula_for_a_convolution():

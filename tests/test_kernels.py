@@ -247,6 +247,39 @@ def case_pga_non_contiguous_and_broadcast() -> list[str]:
     return problems + compare_pga("[B,1,1] box", delta, grad, 0.2, per_sample_low, torch.tensor(1.0), False)
 
 
+def case_pga_nan_gradient_and_python_float_bounds() -> list[str]:
+    """A NaN gradient on both paths (the kernel once clamped δ to the upper bound): no step when signed
+    (torch.sign(NaN) is 0), NaN in δ for a raw step; both paths take Python-float bounds, as documented."""
+    from fastmbr.kernels.pga import pga_step_triton
+
+    problems = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for signed in (True, False):
+            generator = torch.Generator().manual_seed(13)
+            delta = (torch.rand(3, 8, 4, generator=generator) - 0.5).to(dtype)
+            grad = torch.randn(3, 8, 4, generator=generator)
+            grad.view(-1)[::5] = float("nan")
+            name = f"{dtype} signed={signed}"
+            for bounds in [(torch.tensor(-0.25), torch.tensor(0.5)), (-0.25, 0.5)]:
+                expected = pga_step_reference(delta.clone(), grad, 0.1, *bounds, signed)
+                result = pga_step_triton(delta.clone(), grad, 0.1, *bounds, signed)
+                kind = type(bounds[0]).__name__
+                want_nan = torch.zeros_like(grad, dtype=torch.bool) if signed else grad.isnan()
+                if not torch.equal(expected.isnan(), want_nan):
+                    problems.append(f"{name} {kind} bounds: the reference's NaN are not where expected")
+                unmoved = delta.float().clamp(-0.25, 0.5).to(dtype)[grad.isnan()]  # only the projection applies
+                if signed and not torch.equal(expected[grad.isnan()], unmoved):
+                    problems.append(f"{name} {kind} bounds: a NaN gradient moved δ under the signed step")
+                if not torch.equal(result.isnan(), expected.isnan()):
+                    problems.append(f"{name} {kind} bounds: NaN in {int(result.isnan().sum())} kernel elements, "
+                                    f"{int(expected.isnan().sum())} reference ones")
+                finite = ~expected.isnan()  # within pga_ulps: FMA and the interpreter's bf16 truncation
+                tolerance = pga_ulps(dtype, signed) * torch.finfo(dtype).eps
+                if not torch.allclose(result[finite].float(), expected[finite].float(), rtol=0, atol=tolerance):
+                    problems.append(f"{name} {kind} bounds: finite elements differ")
+    return problems
+
+
 def run_interpreted_cases() -> dict[str, list[str]]:
     results = {}
     for name, case in sorted(globals().items()):
@@ -345,6 +378,16 @@ def test_reference_worst_of_k_is_cross_entropy_and_argmax():
 def test_worst_of_k_rejects_bad_inputs_naming_the_culprit(logits, y, culprit):
     with pytest.raises(FastmbrError, match=culprit.replace("[", r"\[").replace("]", r"\]")):
         kernels.worst_of_k(logits, y)
+
+
+def test_reference_pga_step_takes_python_float_bounds_and_keeps_nan():
+    delta, grad = torch.zeros(2, 3), torch.tensor([[1.0, -1.0, float("nan")], [0.5, 0.0, -2.0]])
+    out = pga_step_reference(delta.clone(), grad, 0.4, -0.25, 0.3, signed=True)
+    torch.testing.assert_close(out, torch.tensor([[0.3, -0.25, 0.0], [0.3, 0.0, -0.25]]))  # sign(NaN) = 0
+    out = pga_step_reference(delta, grad, 0.4, -0.25, 0.3, signed=False)
+    assert out is delta
+    expected = torch.tensor([[0.3, -0.25, float("nan")], [0.2, 0.0, -0.25]])
+    torch.testing.assert_close(out, expected, equal_nan=True)
 
 
 def test_reference_pga_step_signed_clamps_per_coordinate():

@@ -39,8 +39,9 @@ def test_recipes_that_name_one_learned_model_describe_it_identically():
 
 def test_full_settings_override_per_run_and_sweeps_expand():
     t6 = load_recipe("t6_gtsrb_brightness")
-    assert run_config(t6, "pgd", 0, False, None, "cpu", EXPERIMENTS).algo.k == 10
-    assert run_config(t6, "pgd", 0, True, None, "cpu", EXPERIMENTS).algo.k == 20
+    assert run_config(t6, "pgd-10", 0, False, None, "cpu", EXPERIMENTS).algo.k == 10
+    assert run_config(t6, "pgd-20", 0, False, None, "cpu", EXPERIMENTS).algo.k == 20  # Appendix A.1
+    assert run_config(t6, "adda", 0, True, None, "cpu", EXPERIMENTS).optim.warmup_epochs == 10
     t7 = load_recipe("t7_gtsrb_k")
     assert {"mrt-k50", "mda-k20", "mat-k1", "erm"} <= set(t7["runs"]) and "mda-k50" in t7["runs"]
     assert run_config(t7, "mrt-k50", 0, False, None, "cpu", EXPERIMENTS).algo.k == 50

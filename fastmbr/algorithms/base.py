@@ -18,12 +18,16 @@ from fastmbr.errors import FastmbrError
 from fastmbr.variation.base import NaturalVariation
 
 
+REDUCTIONS = ("sum", "mean")
+
+
 @dataclass
 class Algorithm:
     """Base: k (draws or steps), λ (weight of the clean loss)."""
 
     k: int = 1
     lam: float = 1.0
+    reduction: str = "sum"  # "mean": the loss over all copies divided by their number, as the reference code
     name = "base"
     uses_variation = False  # does the algorithm need a model of variation G?
     uses_target = False  # does it need unlabelled domain-B training images (attach_target)? (ADDA)
@@ -35,6 +39,16 @@ class Algorithm:
             raise FastmbrError(f"{self.name}: k must be >= 1, got {self.k}")
         if self.lam < 0:
             raise FastmbrError(f"{self.name}: lambda must be >= 0, got {self.lam}")
+        if self.reduction not in REDUCTIONS:
+            raise FastmbrError(f"{self.name}: loss reduction must be one of {', '.join(REDUCTIONS)}, got "
+                               f"{self.reduction!r}")
+
+    def reduce(self, loss: torch.Tensor, robust_copies: int) -> torch.Tensor:
+        """``sum``: Σ over the robust copies + λ·clean, as is. ``mean``: that divided by the number of copies in the
+        concatenated batch (robust copies, plus the clean one when λ > 0), as the reference code's mean over it."""
+        if self.reduction == "sum":
+            return loss
+        return loss / (robust_copies + (1 if self.lam > 0 else 0))
 
     def loss(self, model: nn.Module, G: NaturalVariation | None, x: torch.Tensor, y: torch.Tensor) -> dict:
         raise NotImplementedError

@@ -36,4 +36,5 @@ class PGD(Algorithm):
         delta = self.inner_max(model, G, x, y)
         with torch.no_grad():
             x_adv = self.perturbation_model(x)(x, delta)
-        return robust_loss(model, x_adv, x, y, self.lam)
+        out = robust_loss(model, x_adv, x, y, self.lam)
+        return {**out, "loss": self.reduce(out["loss"], 1)}

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from fastmbr.algorithms import build_algorithm
+from fastmbr.algorithms.options import algorithm_options
 from fastmbr.config import COMPILE_MODES, RunConfig
 from fastmbr.engine import checkpoint as ckpt
 from fastmbr.engine.distributed import (
@@ -357,13 +358,12 @@ class Trainer:
         for note in self.domains.notes:
             self.log(note)
         self.model = self.build_model()
-        self.G = variation_from_specs(cfg.algo.models)
+        self.G = variation_from_specs(cfg.algo.models, cfg.algo.shared_delta)
         if self.G is not None:
             self.G = freeze(self.G).to(self.device)  # replicated on every rank, frozen: never wrapped in DDP
             if cfg.compile if cfg.compile is not None else self.on_cuda:
                 self.G = compile_variation(self.G, cfg.compile_mode)
-        options = {"alpha": cfg.algo.alpha} if cfg.algo.alpha is not None and cfg.algo.name in ("mat", "pgd") else {}
-        self.algo = build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam, **options)
+        self.algo = build_algorithm(cfg.algo.name, k=cfg.algo.k, lam=cfg.algo.lam, **algorithm_options(cfg.algo))
         self.algo.check_variation(self.G)
         check_expansion_memory(cfg.algo.name, self.algo.k, max(1, self.per_rank_batch() // self.options.accumulate),
                                3, cfg.data.image_size or self.domains.info.image_size, self.device)  # RGB prepared

@@ -58,6 +58,15 @@ class NaturalVariation(nn.Module):
     def forward(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def encode(self, x: torch.Tensor):
+        """The part of G(x, δ) that does not depend on δ, computed once for many δ (MAT's ascent steps): x itself by
+        default; MUNIT: the content code. ``decode(encode(x), δ) == G(x, δ)``."""
+        return x
+
+    def decode(self, code, delta: torch.Tensor) -> torch.Tensor:
+        """G(x, δ) from ``encode(x)``; differentiable in δ."""
+        return self(code, delta)
+
     def expand(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """All k variations of x in one call: δ ``[k, B, q]`` → ``[k, B, C, H, W]``."""
         self.check_delta(delta, leading=2)

@@ -22,12 +22,15 @@ def variation_from_spec(spec: str) -> NaturalVariation:
     return load_variation(path)
 
 
-def variation_from_specs(specs: list[str]) -> NaturalVariation | None:
-    """None for no spec; one model; or ``ComposedVariation`` (first spec outermost: G1(G2(x, δ2), δ1))."""
+def variation_from_specs(specs: list[str], shared_delta: bool = False) -> NaturalVariation | None:
+    """None for no spec; one model; or ``ComposedVariation`` (first spec outermost: G1(G2(x, δ2), δ1); with
+    ``shared_delta`` one δ for all, G1(G2(x, δ), δ))."""
+    if shared_delta and len(specs) < 2:
+        raise FastmbrError("--shared-delta composes several models of variation: give --model at least twice")
     models = [variation_from_spec(s) for s in specs]
     if not models:
         return None
-    return models[0] if len(models) == 1 else ComposedVariation(models)
+    return models[0] if len(models) == 1 else ComposedVariation(models, shared=shared_delta)
 
 
 def freeze(G: NaturalVariation) -> NaturalVariation:
