@@ -27,7 +27,7 @@ RUN_KEYS = {"algo": TEXT, "k": (int,), "lambda": NUMBER, "alpha": NUMBER, "model
             "classes": (str, int), "train_also": TEXT, "augment": TEXT, "arch": TEXT,
             "snapshot": (int,),  # a sweep over the snapshots of one learned G (Figure 8)
             "select": TEXT, "mat_init": TEXT, "mat_step": TEXT, "loss_reduction": TEXT, "shared_delta": ANY,
-            "after_b": ANY}  # the paper's variants by name (docs/design.md); rows added after B was seen
+            "after_b": ANY, "same_as": TEXT}  # the paper's variants by name (docs/design.md); rows added after B was seen
 TOP_KEYS = {"title": TEXT, "dataset": TEXT, "shift": TEXT, "seeds": (int,), "settings": (dict,), "full": (dict,),
             "paper": (dict,), "runs": (dict,), "sweep": (dict,), "learned_models": (dict,), "eval_shifts": (list,),
             "eval_axis": TEXT, "reference": TEXT, "notes": TEXT, "paper_comparable": ANY}

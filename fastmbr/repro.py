@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -235,6 +236,8 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
         for run in only or recipe["runs"]:
             cfg = run_config(recipe, run, seed, full, data_dir, device, root)
             out = Path(cfg.out)
+            if link_shared_run(recipe, run, seed, out, cfg, console):
+                continue
             with run_lock(out) as owner:
                 if owner is not None:
                     if console is not None:
@@ -251,6 +254,31 @@ def run_recipe(name: str, seeds: int | None, full: bool, data_dir: str | None, d
                     train(cfg, resume=(out / "config.json").exists(), progress=console is not None)
                 evaluate_shifts(recipe, out, data_dir, device)
     return write_report(name, root.parent, full)
+
+
+def link_shared_run(recipe: dict, run: str, seed: int, out: Path, cfg, console) -> bool:
+    """A run whose ``same_as: RECIPE/RUN`` names a finished run of another recipe with the very same resolved
+    configuration (checked field by field, as a stale run is) is linked to it instead of trained twice; returns
+    whether it was. Any difference, or the other run unfinished, and this run is trained as usual."""
+    shared = recipe["runs"][run].get("same_as")
+    if not shared or out.exists():
+        return False
+    other = out.parent.parent / f"{shared}-s{seed}"
+    if not (other / "metrics.json").is_file() or stale_differences(other, cfg):
+        return False
+    out.symlink_to(os.path.relpath(other, out.parent), target_is_directory=True)
+    if console is not None:
+        console.print(f"{recipe['name']}: {run} seed {seed} is {shared} seed {seed} (same configuration): linked")
+    return True
+
+
+def shared_note(recipe: dict, runs: dict) -> list[str]:
+    """The report's line naming rows whose runs are another recipe's (``same_as``)."""
+    shared = {run: spec["same_as"] for run, spec in recipe["runs"].items() if spec.get("same_as") and runs.get(run)}
+    if not shared:
+        return []
+    return ["Runs shared with another recipe (same resolved configuration, checked; trained once): " +
+            ", ".join(f"{run.upper()} = {other}" for run, other in shared.items()) + ".", ""]
 
 
 LOCK = ".repro.lock"  # flock'ed by the process running the folder (recipe_check.run_lock)
@@ -329,7 +357,7 @@ def write_report(name: str, root: Path, full: bool = False) -> Path:
             f"{mean_sd([m['test']['B']['top1'] for m in ms])} | {mean_sd([m['test']['B']['top5'] for m in ms])} | "
             f"{paper_cell(recipe, run)} |"
         )
-    lines += ["", reading(recipe, runs), ""]
+    lines += ["", reading(recipe, runs), ""] + shared_note(recipe, runs)
     if stale:
         lines += [f"Left out, trained with another configuration than this recipe's: {', '.join(stale)}.", ""]
     out = Path("results") / f"{recipe['name']}.md"
