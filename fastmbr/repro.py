@@ -266,6 +266,7 @@ def link_shared_run(recipe: dict, run: str, seed: int, out: Path, cfg, console) 
     other = out.parent.parent / f"{shared}-s{seed}"
     if not (other / "metrics.json").is_file() or stale_differences(other, cfg):
         return False
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.symlink_to(os.path.relpath(other, out.parent), target_is_directory=True)
     if console is not None:
         console.print(f"{recipe['name']}: {run} seed {seed} is {shared} seed {seed} (same configuration): linked")
