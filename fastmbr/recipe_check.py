@@ -117,10 +117,16 @@ def stale_differences(run_dir: Path, cfg) -> list[str]:
     from fastmbr.engine.resume_check import FREE, differences
     from fastmbr.engine.rundir import read_run_config
 
-    from fastmbr.config import RunConfig
+    return config_differences(read_run_config(run_dir / "config.json"), cfg)
 
-    saved = read_run_config(run_dir / "config.json")
-    # through RunConfig, so that a field added to the code since (its default then in force) is no difference
+
+def config_differences(saved: dict, cfg) -> list[str]:
+    """``field: saved → now`` between a config.json's dict and a RunConfig, for the fields that shape the run.
+    The saved dict goes through RunConfig first, so that a field added to the code since it was written (its
+    default then in force) is no difference."""
+    from fastmbr.config import RunConfig
+    from fastmbr.engine.resume_check import FREE, differences
+
     old = RunConfig.from_dict({k: v for k, v in saved.items() if k not in ("options", "commit", "models_sha256")})
     return differences(old.to_dict(), cfg.to_dict(), None, FREE, frozenset())
 
@@ -152,14 +158,12 @@ def run_lock(run_dir: Path, name: str = ".repro.lock"):
 def drop_stale(runs: dict[str, list[dict]], expected) -> tuple[dict[str, list[dict]], list[str]]:
     """Leave out of a report the run folders trained with another configuration than the recipe's now
     (``expected(run, seed)`` → RunConfig, None for a run the recipe no longer has); say which and why."""
-    from fastmbr.engine.resume_check import FREE, differences
-
     kept, notes = {}, []
     for run, metrics in runs.items():
         for m in metrics:
-            saved = {k: v for k, v in m.get("config", {}).items() if k not in ("options", "commit", "models_sha256")}
+            saved = m.get("config", {})
             cfg = expected(run, saved.get("seed", 0)) if saved else None
-            found = differences(saved, cfg.to_dict(), None, FREE, frozenset()) if cfg is not None else []
+            found = config_differences(saved, cfg) if cfg is not None else []
             if found:
                 notes.append(f"{run}-s{saved.get('seed', 0)} ({'; '.join(found)})")
             else:

@@ -22,6 +22,7 @@ from pathlib import Path
 from fastmbr.config import MODEL_BASED, preset_config
 from fastmbr.engine.rundir import git_sha, read_json
 from fastmbr.errors import FastmbrError
+from fastmbr.repro_gscore import snapshot_scores
 from fastmbr.fileio import atomic_write
 from fastmbr.recipe_check import drop_stale, load_yaml, run_folder, run_lock, stale_differences, validate_recipe
 from fastmbr.repro_readings import paper_cell, paper_header, reading, row_label, variant_note  # noqa: F401 (reading)
@@ -426,10 +427,13 @@ def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path, root:
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
             csv.append(f"{name},{value},{len(accs)},{statistics.mean(accs):.2f},{sd:.2f}")
             table[name, value] = mean_sd(accs)
-    extra_rows = snapshot_rows(recipe, values, folder, root, full) if param == "snapshot" and root else []
+    kept, extra_rows = {}, []
+    if param == "snapshot" and root is not None:
+        g_dir = swept_g_dir(recipe, root, full)
+        kept, extra_rows = snapshot_scores(g_dir, values, folder) if g_dir is not None else ({}, [])
     (folder / "sweep.csv").write_text("\n".join(csv) + "\n")
     erm = [m["test"]["B"]["top1"] for m in runs.get("erm", [])]
-    plot_sweep(points, param, recipe.get("title", recipe["name"]), folder / "sweep.png",
+    plot_sweep(points, param, recipe.get("title", recipe["name"]), folder / "sweep.png", secondary=kept,
                baseline=statistics.mean(erm) if erm else None)
     lines = [f"B test top-1 against {param} ([CSV]({folder.name}/sweep.csv), [plot]({folder.name}/sweep.png)):", "",
              "| algorithm | " + " | ".join(f"{param}={v}" for v in values) + " |",
@@ -439,30 +443,11 @@ def sweep_section(recipe: dict, runs: dict[str, list[dict]], folder: Path, root:
     return lines + extra_rows + [""]
 
 
-def snapshot_rows(recipe: dict, values: list[int], folder: Path, root: Path, full: bool) -> list[str]:
-    """For a sweep over the snapshots of one learned G: each snapshot's score as table rows and ``g_scores.csv``."""
-    from fastmbr.repro_gscore import read_score, snapshot_dir
-
+def swept_g_dir(recipe: dict, root: Path, full: bool) -> Path | None:
+    """The one learned G whose snapshots a ``snapshot`` sweep trains with (None if not exactly one)."""
     names = sorted({m[len("learned:"):].split("@")[0] for spec in recipe["sweep"]["runs"].values()
                     for m in spec.get("model", []) if m.startswith("learned:")})
-    if len(names) != 1:
-        return []
-    g_dir = learned_model_dir(root, recipe, names[0], full)
-    scores = {v: read_score(snapshot_dir(g_dir, v)) if (snapshot_dir(g_dir, v) / "G.json").is_file() else None
-              for v in values}
-    csv = ["snapshot,content_kept,content_kept_vs_identity,content_kept_worst_of_k,shift_achieved"]
-    for v, r in scores.items():
-        if r is not None:
-            worst = next(r[k] for k in r if k.startswith("content_kept_worst_of_"))
-            csv.append(f"{v},{r['content_kept']:.4f},{r['content_kept_vs_identity']:.4f},{worst:.4f},"
-                       f"{r['shift_achieved']:.4f}")
-    (folder / "g_scores.csv").write_text("\n".join(csv) + "\n")
-
-    def cells(key: str) -> str:
-        return " | ".join(f"{100 * scores[v][key]:.1f}%" if scores[v] else "–" for v in values)
-
-    return [f"| G content kept ([CSV]({folder.name}/g_scores.csv)) | {cells('content_kept')} |",
-            f"| G shift achieved | {cells('shift_achieved')} |"]
+    return learned_model_dir(root, recipe, names[0], full) if len(names) == 1 else None
 
 
 def shift_curve_section(recipe: dict, runs: dict[str, list[dict]], folder: Path) -> list[str]:
@@ -598,8 +583,9 @@ def shift_axis(shifts: list[str]) -> list[int]:
 
 
 def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, title: str, path: Path,
-               log_x: bool = True, baseline: float | None = None) -> None:
-    """Mean ± sd of each series against the swept value; ``baseline`` (ERM's mean) as a dashed line."""
+               log_x: bool = True, baseline: float | None = None, secondary: dict | None = None) -> None:
+    """Mean ± sd of each series against the swept value; ``baseline`` (ERM's mean) as a dashed line;
+    ``secondary`` (value → G's content kept, %) on a right-hand axis."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -621,7 +607,16 @@ def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, tit
     ax.set_ylabel("domain B test top-1 (%)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        right = ax.twinx()
+        xs = sorted(secondary)
+        line, = right.plot(xs, [secondary[x] for x in xs], color="tab:green", marker="s", linestyle=":",
+                           label="G content kept")
+        right.set_ylabel("G content kept (%)", color="tab:green")
+        right.set_ylim(0, 100)
+        handles, labels = handles + [line], labels + ["G content kept"]
+    ax.legend(handles, labels, fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

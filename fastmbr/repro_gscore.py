@@ -89,3 +89,29 @@ def check_snapshot(g_dir: Path, iteration: int) -> Path:
         raise FastmbrError(f"{g_dir} has no snapshot at iteration {iteration}: list it under the learned model's "
                            f"snapshots and train it again (move {g_dir} away)")
     return where
+
+
+def snapshot_scores(g_dir: Path, values: list[int], folder: Path) -> tuple[dict[int, float], list[str]]:
+    """For a sweep over the snapshots of one G: (value → content kept %, for the plot) and the table rows of each
+    snapshot's score; ``folder/g_scores.csv`` holds them too."""
+    scores = {v: read_score(snapshot_dir(g_dir, v)) if (snapshot_dir(g_dir, v) / "G.json").is_file() else None
+              for v in values}
+    csv = ["snapshot,content_kept,content_kept_vs_identity,content_kept_worst_of_k,shift_achieved"]
+    for v, r in scores.items():
+        if r is not None:
+            csv.append(f"{v},{r['content_kept']:.4f},{r['content_kept_vs_identity']:.4f},{worst_of(r):.4f},"
+                       f"{r['shift_achieved']:.4f}")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "g_scores.csv").write_text("\n".join(csv) + "\n")
+
+    def cells(pick) -> str:
+        return " | ".join(f"{100 * pick(scores[v]):.1f}%" if scores[v] else "–" for v in values)
+
+    rows = [f"| G content kept ([CSV]({folder.name}/g_scores.csv)) | {cells(lambda r: r['content_kept'])} |",
+            f"| G content kept, all 10 draws | {cells(worst_of)} |",
+            f"| G shift achieved | {cells(lambda r: r['shift_achieved'])} |"]
+    return {v: 100 * r["content_kept"] for v, r in scores.items() if r is not None}, rows
+
+
+def worst_of(result: dict) -> float:
+    return next(result[k] for k in result if k.startswith("content_kept_worst_of_"))
