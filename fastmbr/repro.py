@@ -16,6 +16,7 @@ import re
 import statistics
 import subprocess
 import sys
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -605,7 +606,7 @@ def plot_sweep(points: dict[str, list[tuple[int, list[float]]]], param: str, tit
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_xlabel(param)
     ax.set_ylabel("domain B test top-1 (%)")
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 62), fontsize=8)
     ax.grid(alpha=0.3)
     handles, labels = ax.get_legend_handles_labels()
     if secondary:
