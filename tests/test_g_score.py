@@ -15,7 +15,7 @@ from fastmbr.variation.munit.score import ScoreConfig, describe_g, score
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CFG = ScoreConfig(epochs=2, max_train=2000, max_test=400, worst_k=4)
+CFG = ScoreConfig(epochs=2, max_train=2000, max_test=300, worst_k=4)
 
 
 class Noise(NaturalVariation):
@@ -48,9 +48,15 @@ def domains():
             os.environ["FASTMBR_DATA"] = saved
 
 
-def test_a_noise_g_scores_near_chance_and_an_identity_g_as_the_identity(domains, tmp_path):
-    noise = score(Noise(), domains, "cpu", tmp_path, CFG)
-    same = score(Identity(), domains, "cpu", tmp_path, CFG)
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One helper cache for the module: the helpers are trained once."""
+    return tmp_path_factory.mktemp("helpers")
+
+
+def test_a_noise_g_scores_near_chance_and_an_identity_g_as_the_identity(domains, cache):
+    noise = score(Noise(), domains, "cpu", cache, CFG)
+    same = score(Identity(), domains, "cpu", cache, CFG)
     oracle = noise["helpers"]["oracle_top1"]
     assert oracle["real_a"] > 0.8 and oracle["real_b"] > 0.8  # the judge itself is good
     assert noise["content_kept"] < 0.25 and noise["content_kept_vs_identity"] < 0.3  # chance is 0.1
@@ -62,11 +68,14 @@ def test_a_noise_g_scores_near_chance_and_an_identity_g_as_the_identity(domains,
     assert same["helpers"]["domain_top1"]["real_a"] == pytest.approx(1 - same["identity"]["shift_achieved"])
 
 
-def test_helpers_are_cached_and_reported_with_their_settings(domains, tmp_path):
-    first = score(Identity(), domains, "cpu", tmp_path, CFG)
-    cached = sorted(p.name for p in tmp_path.glob("*.safetensors"))
+def test_helpers_are_cached_and_reported_with_their_settings(domains, cache, monkeypatch):
+    import fastmbr.variation.munit.score as score_module
+
+    first = score(Identity(), domains, "cpu", cache, CFG)
+    cached = sorted(p.name for p in cache.glob("*.safetensors"))
     assert len(cached) == 2 and all("-e2-b64-" in name for name in cached)
-    again = score(Identity(), domains, "cpu", tmp_path, CFG, g_info={"preset": "none"})
+    monkeypatch.setattr(score_module, "train_classifier", lambda *a, **k: pytest.fail("helpers retrained"))
+    again = score(Identity(), domains, "cpu", cache, CFG, g_info={"preset": "none"})
     assert again["helpers"] == first["helpers"] and again["g"] == {"preset": "none"}
     assert first["helpers"]["epochs"] == 2 and first["helpers"]["max_train"] == 2000
 
