@@ -52,7 +52,8 @@ def suite(setup: BenchSetup, quick: bool) -> list[tuple[str, callable]]:
     cases += [(f"{a}-{k}", lambda a=a, k=k: bench_full_step(setup, a, k)) for a, k in algos]
     cases.append(("loaders", lambda: loader_cases(setup, quick)))
     cases.append(("erm fed", lambda: erm_fed_cases(setup, quick)))
-    return cases
+    from fastmbr.bench.munit_train import munit_train_cases
+    return cases + munit_train_cases(setup, quick)
 
 
 def tree_images(setup: BenchSetup, quick: bool) -> int:
