@@ -53,7 +53,8 @@ def suite(setup: BenchSetup, quick: bool) -> list[tuple[str, callable]]:
               for a, k in algos for amp in (False, True)]
     cases.append(("loaders", lambda: loader_cases(setup, quick)))
     cases.append(("erm fed", lambda: erm_fed_cases(setup, quick)))
-    return cases
+    from fastmbr.bench.munit_train import munit_train_cases
+    return cases + munit_train_cases(setup, quick)
 
 
 def tree_images(setup: BenchSetup, quick: bool) -> int:

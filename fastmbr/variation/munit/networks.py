@@ -224,6 +224,12 @@ class Generator(nn.Module):
     def decode(self, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         return self.decoder(content, style)
 
+    def decode_batched(self, contents: tuple[torch.Tensor, ...], styles: tuple[torch.Tensor, ...]):
+        """``decode`` of each (content, style) pair, as one decoder call on the concatenated batches: every layer
+        acts on each sample alone (instance/layer norm, per-sample AdaIN), so the values are the same."""
+        out = self.decoder(torch.cat(contents), torch.cat(styles))
+        return out.split([c.shape[0] for c in contents])
+
 
 class MultiScaleDiscriminator(nn.Module):
     """LSGAN critics on the image and on 2×, 4×, ... average-pooled copies; one score map per scale."""
@@ -252,8 +258,10 @@ class MultiScaleDiscriminator(nn.Module):
         return outs
 
     def loss_critic(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        """LSGAN critic loss: fake → 0, real → 1, summed over scales."""
-        return sum(((f**2).mean() + ((r - 1) ** 2).mean() for f, r in zip(self(fake), self(real))))
+        """LSGAN critic loss: fake → 0, real → 1, summed over scales; fake and real in one call (the critics have
+        no normalisation: each sample is scored alone)."""
+        split = [o.split([fake.shape[0], real.shape[0]]) for o in self(torch.cat([fake, real]))]
+        return sum(((f**2).mean() + ((r - 1) ** 2).mean() for f, r in split))
 
     def loss_generator(self, fake: torch.Tensor) -> torch.Tensor:
         """LSGAN generator loss: fake → 1, summed over scales."""

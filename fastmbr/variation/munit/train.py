@@ -138,11 +138,12 @@ class MunitTrainer(nn.Module):
         s_a, s_b = self.styles(xa.shape[0], generator), self.styles(xb.shape[0], generator)
         c_a, s_a_own = self.gen_a.encode(xa)
         c_b, s_b_own = self.gen_b.encode(xb)
-        x_ba, x_ab = self.gen_a.decode(c_b, s_a), self.gen_b.decode(c_a, s_b)
+        xa_rec, x_ba = self.gen_a.decode_batched((c_a, c_b), (s_a_own, s_a))  # one decoder call per generator
+        xb_rec, x_ab = self.gen_b.decode_batched((c_b, c_a), (s_b_own, s_b))
         c_b_rec, s_a_rec = self.gen_a.encode(x_ba)
         c_a_rec, s_b_rec = self.gen_b.encode(x_ab)
         losses = {
-            "x": l1(self.gen_a.decode(c_a, s_a_own), xa) + l1(self.gen_b.decode(c_b, s_b_own), xb),
+            "x": l1(xa_rec, xa) + l1(xb_rec, xb),
             "c": l1(c_a_rec, c_a) + l1(c_b_rec, c_b),
             "s": l1(s_a_rec, s_a) + l1(s_b_rec, s_b),
             "gan": self.dis_a.loss_generator(x_ba) + self.dis_b.loss_generator(x_ab),
