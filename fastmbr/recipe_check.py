@@ -107,7 +107,9 @@ def run_folder(root: Path, run: str, seed: int) -> Path:
     check_run_name(run, "recipe")
     out = root / f"{run}-s{seed}"
     base = root.resolve()
-    if not out.resolve().is_relative_to(base):
+    # a run shared with another recipe (same_as) is a link to that recipe's folder, beside this one's
+    allowed = base.parent if out.is_symlink() else base
+    if not out.resolve().is_relative_to(allowed):
         raise FastmbrError(f"run {run!r}: its folder {out} resolves outside the runs root {base}")
     return out
 
