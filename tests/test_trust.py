@@ -539,3 +539,12 @@ def test_the_memory_estimate_is_k_times_the_batch(monkeypatch):
     with pytest.raises(FastmbrError, match="need at least 15.0 MiB on cpu .* but 10.0 MiB is available"):
         validate.check_expansion_memory("mda", 20, 32, 3, 32, torch.device("cpu"))
     validate.check_expansion_memory("mat", 10**6, 32, 3, 32, torch.device("cpu"))  # no k-fold expansion
+
+
+@pytest.mark.parametrize("flag, value", [("--image-size", "0"), ("--iters", "0"), ("--lr", "0"), ("--lr-step", "0"),
+                                         ("--lr", "nan")])
+def test_model_train_zero_is_not_the_preset(tmp_path, flag, value, capsys):
+    code, err = run_cli(["model", "train", "mnist", "--shift", "background-color", "--out", str(tmp_path / "g"),
+                         flag, value, "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and len(err) == 1 and flag in err[0], err
+    assert not (tmp_path / "g").exists()
