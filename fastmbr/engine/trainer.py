@@ -23,7 +23,6 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -193,11 +192,8 @@ class TrainOptions:
     dropout: bool = True
     deterministic: bool = False
 
-    # These shape the model, so a resumed run keeps the saved values; the others may change between attempts.
-    MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("sync_bn", "dropout")
-
-    def resumed_with(self, saved: dict) -> "TrainOptions":
-        return replace(self, **{k: saved[k] for k in self.MODEL_FIELDS if k in saved})
+    # sync_bn and dropout shape the model: a resume refuses a change to them (engine/resume_check.py); the others
+    # may change between attempts.
 
 
 @dataclass(frozen=True)
@@ -809,7 +805,7 @@ def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
     except (FastmbrError, SystemExit) as exc:  # decisions every rank took together: leave the group cleanly
         if isinstance(exc, FastmbrError) and opened is not None and not opened.reopened and dist.is_main and (
                 trainer is None or not trainer.started):
-            remove_failed_start(opened.run_dir, opened.created)  # refused at set-up: the corrected command must not find it
+            remove_failed_start(opened.run_dir, opened.created)  # refused at set-up: not left to block the fix
         shutdown(dist)
         raise
     shutdown(dist)

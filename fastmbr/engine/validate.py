@@ -131,7 +131,8 @@ def check_expansion_memory(algo: str, k: int, batch: int, channels: int, size: i
     have = available_memory(device)
     if need > have:
         raise FastmbrError(f"-k {k} × a batch of {batch} = {k * batch:,} images of {channels}×{size}×{size} need at "
-                           f"least {human(need)} on {device} for the images alone, but {human(have)} is available; lower -k or --batch-size, or raise --accumulate")
+                           f"least {human(need)} on {device} for the images alone, but {human(have)} is available; "
+                           f"lower -k or --batch-size, or raise --accumulate")
 
 
 def validate_model_train_flags(image_size: int | None, iters: int | None, lr: float | None,
