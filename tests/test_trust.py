@@ -284,6 +284,11 @@ def test_degenerate_values_are_refused_and_leave_no_run_folder(tmp_path, flags, 
     assert code == 2 and sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
 
 
+def test_prepare_refuses_image_size_0(capsys):
+    code, err = run_cli(["prepare", "mnist", "--image-size", "0"], capsys)
+    assert code == 2 and len(err) == 1 and "--image-size must be an integer >= 8" in err[0], err
+
+
 def test_an_epoch_whose_every_step_was_skipped_is_an_error(tmp_path, capsys, monkeypatch):
     """3 steps per epoch, all NaN, --max-nonfinite 5: no "in a row" limit is reached, yet nothing was trained."""
     from fastmbr.algorithms.erm import ERM
