@@ -329,6 +329,9 @@ def prepare(
     from fastmbr.pipelines.datasets import load_domains
     from fastmbr.pipelines.prepare import beton_for, check_max_resolution, write_beton
 
+    from fastmbr.engine.validate import MIN_IMAGE_SIZE, at_least
+
+    at_least(image_size, "--image-size", MIN_IMAGE_SIZE, optional=True)
     if fmt not in ("cache", "ffcv"):
         raise FastmbrError(f"unknown --format {fmt!r}; known: cache, ffcv")
     if max_resolution is not None and fmt != "ffcv":

@@ -119,6 +119,9 @@ def train_command(
     from fastmbr.variation.munit.folders import read_folder
     from fastmbr.variation.munit.train import MunitTrainConfig, train_munit
 
+    from fastmbr.engine.validate import validate_model_train_flags
+
+    validate_model_train_flags(image_size, iters, lr, lr_step)  # before any data is read or file written
     dev = resolve_device(device)
     _set_threads(threads if threads is not None else tiny_cpu_threads(size, dev))
     if (a_dir is None) != (b_dir is None):

@@ -64,7 +64,8 @@ def build(cls, data, where: str, ignore: frozenset = frozenset()):
     fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(k for k in data if k not in fields and k not in ignore)
     if unknown:
-        raise FastmbrError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(sorted(fields))}")
+        raise FastmbrError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; "
+                           f"known: {', '.join(sorted(fields))}")
     values = {}
     for key, value in data.items():
         if key in ignore:

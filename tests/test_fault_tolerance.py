@@ -126,9 +126,14 @@ def test_auto_resume_starts_a_new_run_then_reopens_it(tmp_path):
     cfg.out = str(tmp_path / "run")
     first, _ = open_run_folder(cfg, "auto", TrainOptions(dropout=False))
     assert not first.reopened and (tmp_path / "run" / "config.json").exists()
-    again, state = open_run_folder(cfg, "auto", TrainOptions(accumulate=4))  # a restart before any checkpoint
+    # a restart before any checkpoint: --accumulate may change (memory only), the model-shaping options may not
+    again, state = open_run_folder(cfg, "auto", TrainOptions(accumulate=4, dropout=False))
     assert again.reopened and again.checkpoint is None and state is None
-    assert again.options == TrainOptions(accumulate=4, dropout=False)  # the model-shaping options are the saved ones
+    assert again.options == TrainOptions(accumulate=4, dropout=False)
+    with pytest.raises(FastmbrError, match="options.dropout: False → True"):
+        open_run_folder(cfg, "auto", TrainOptions())
+    kept, _ = open_run_folder(cfg, "auto", TrainOptions(), given={"options.accumulate"})  # CLI: flags not given
+    assert kept.options == TrainOptions(dropout=False)  # keep their saved values
     with pytest.raises(FastmbrError, match="already holds a run"):
         open_run_folder(cfg, False, TrainOptions())
     cfg.out = str(tmp_path / "nothing")

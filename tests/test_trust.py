@@ -284,6 +284,11 @@ def test_degenerate_values_are_refused_and_leave_no_run_folder(tmp_path, flags, 
     assert code == 2 and sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
 
 
+def test_prepare_refuses_image_size_0(capsys):
+    code, err = run_cli(["prepare", "mnist", "--image-size", "0"], capsys)
+    assert code == 2 and len(err) == 1 and "--image-size must be an integer >= 8" in err[0], err
+
+
 def test_an_epoch_whose_every_step_was_skipped_is_an_error(tmp_path, capsys, monkeypatch):
     """3 steps per epoch, all NaN, --max-nonfinite 5: no "in a row" limit is reached, yet nothing was trained."""
     from fastmbr.algorithms.erm import ERM
@@ -539,3 +544,12 @@ def test_the_memory_estimate_is_k_times_the_batch(monkeypatch):
     with pytest.raises(FastmbrError, match="need at least 15.0 MiB on cpu .* but 10.0 MiB is available"):
         validate.check_expansion_memory("mda", 20, 32, 3, 32, torch.device("cpu"))
     validate.check_expansion_memory("mat", 10**6, 32, 3, 32, torch.device("cpu"))  # no k-fold expansion
+
+
+@pytest.mark.parametrize("flag, value", [("--image-size", "0"), ("--iters", "0"), ("--lr", "0"), ("--lr-step", "0"),
+                                         ("--lr", "nan")])
+def test_model_train_zero_is_not_the_preset(tmp_path, flag, value, capsys):
+    code, err = run_cli(["model", "train", "mnist", "--shift", "background-color", "--out", str(tmp_path / "g"),
+                         flag, value, "--no-progress", "--device", "cpu"], capsys)
+    assert code == 2 and len(err) == 1 and flag in err[0], err
+    assert not (tmp_path / "g").exists()

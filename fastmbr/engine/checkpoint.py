@@ -126,9 +126,9 @@ def latest_loadable(run_dir: Path) -> tuple[Path | None, dict | None]:
         except FastmbrError as exc:  # a torn or corrupt file: try the previous checkpoint
             failures.append(str(exc))
             continue
-        if not isinstance(state, dict) or not CHECKPOINT_KEYS <= state.keys():
-            failures.append(f"{path}: not a fastmbr checkpoint (missing "
-                            f"{', '.join(sorted(CHECKPOINT_KEYS - set(state)) if isinstance(state, dict) else 'all keys')})")
+        missing = sorted(CHECKPOINT_KEYS - set(state)) if isinstance(state, dict) else ["all keys"]
+        if missing:
+            failures.append(f"{path}: not a fastmbr checkpoint (missing {', '.join(missing)})")
             continue
         return path, state
     if paths:

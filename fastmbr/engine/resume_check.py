@@ -102,7 +102,7 @@ def resumed_config(saved_json: dict, cfg, options, given: set[str] | None, run_d
         raise FastmbrError(f"{run_dir} holds another run; refusing to resume it with a different configuration "
                            f"({'; '.join(found)}). Use another --out for a new run")
     check_model_hashes(saved_json.get("models_sha256", {}), run_dir)
-    take = {path for path in FREE | GROWS if given is None or path in given} | {"device"}
+    take = {path for path in FREE | GROWS if given is None or path in given} | {"device", "out"}
     merged = flatten(old)
     flat_new = flatten(new)
     for path in take:

@@ -23,7 +23,6 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 from torch import nn
@@ -66,6 +65,7 @@ from fastmbr.models import build_classifier, channel_stats
 from fastmbr.pipelines.datasets import Domains, Splits, expand_shifts, load_domains, read_splits, unreadable_note
 from fastmbr.pipelines.loaders import LoaderConfig, build_loader
 from fastmbr.pipelines.loaders.config import CENTER_CROP
+from fastmbr.pipelines.loaders.tensor import last_step_shares
 from fastmbr.pipelines.types import LabeledImages
 from fastmbr.variation.resolve import compile_variation, freeze, variation_from_specs
 
@@ -193,11 +193,8 @@ class TrainOptions:
     dropout: bool = True
     deterministic: bool = False
 
-    # These shape the model, so a resumed run keeps the saved values; the others may change between attempts.
-    MODEL_FIELDS: ClassVar[tuple[str, ...]] = ("sync_bn", "dropout")
-
-    def resumed_with(self, saved: dict) -> "TrainOptions":
-        return replace(self, **{k: saved[k] for k in self.MODEL_FIELDS if k in saved})
+    # sync_bn and dropout shape the model: a resume refuses a change to them (engine/resume_check.py); the others
+    # may change between attempts.
 
 
 @dataclass(frozen=True)
@@ -371,6 +368,7 @@ class Trainer:
             self.attach_target()
         self.warmup = build_algorithm("erm")
         self.train_loader = self.loader(self.domains.train, train=True)
+        self.last_shares = last_step_shares(len(self.domains.train), self.per_rank_batch(), self.dist.world_size)
         self.optimizer = build_optimizer(cfg, self.model.parameters())
         self.scheduler = build_scheduler(cfg, self.optimizer, cfg.optim.epochs * len(self.train_loader))
         self.step_model = self.wrap_for_steps(self.model)
@@ -483,7 +481,16 @@ class Trainer:
             return self.step_model.no_sync()
         return nullcontext()
 
-    def train_step(self, algo, x: torch.Tensor, y: torch.Tensor, stop: dict, at_log: bool) -> tuple[bool, bool]:
+    def share_weight(self, batch: int, steps: int) -> float:
+        """The weight of this rank's gradient at step ``batch``: 1, except in the last, partial global batch,
+        split unevenly (``last_step_shares``): W·n_rank/n_step, so that DDP's mean over ranks is the mean over
+        the step's samples, as in one process (0 for a rank holding only a placeholder sample)."""
+        if self.last_shares is None or batch != steps - 1:
+            return 1.0
+        return self.dist.world_size * self.last_shares[self.dist.rank] / sum(self.last_shares)
+
+    def train_step(self, algo, x: torch.Tensor, y: torch.Tensor, stop: dict, at_log: bool,
+                   weight: float = 1.0) -> tuple[bool, bool]:
         """One optimisation step over this rank's share of the global batch, in ``accumulate`` micro-batches.
 
         Returns (stepped, stop_now), both agreed by every rank through one small all-reduce: a non-finite loss
@@ -503,9 +510,11 @@ class Trainer:
                 with self.amp():
                     out = algo.loss(self.step_model, self.G, xm, ym)
                 loss = out["loss"]
-                (loss if len(parts) == 1 else loss * (ym.shape[0] / y.shape[0])).backward()
+                part = (1.0 if len(parts) == 1 else ym.shape[0] / y.shape[0]) * weight
+                (loss if part == 1.0 else loss * part).backward()
             results.append((loss.detach(), out["logits"], ym))
         losses = torch.stack([r[0].float() for r in results])
+        results = results if weight > 0 else []  # a placeholder sample counts for nothing
         if self.skip_on_device:
             return self.update_on_device(results, losses), self.agreed_stop(stop, at_log)
         flags = torch.stack([(~torch.isfinite(losses)).any().float(),
@@ -581,7 +590,7 @@ class Trainer:
             self.fault.maybe_fire(epoch * steps + batch, self.dist.rank)
             done = batch + 1
             at_log = done % self.cfg.log_every == 0 or done == steps
-            stepped, stop_now = self.train_step(algo, x, y, stop, at_log)
+            stepped, stop_now = self.train_step(algo, x, y, stop, at_log, self.share_weight(batch, steps))
             ran += 1
             if stepped:
                 in_a_row = 0
@@ -796,7 +805,7 @@ def train(cfg: RunConfig, resume: bool | str = False, progress: bool = True,
     except (FastmbrError, SystemExit) as exc:  # decisions every rank took together: leave the group cleanly
         if isinstance(exc, FastmbrError) and opened is not None and not opened.reopened and dist.is_main and (
                 trainer is None or not trainer.started):
-            remove_failed_start(opened.run_dir, opened.created)  # refused at set-up: the corrected command must not find it
+            remove_failed_start(opened.run_dir, opened.created)  # refused at set-up: not left to block the fix
         shutdown(dist)
         raise
     shutdown(dist)

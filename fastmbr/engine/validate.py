@@ -131,4 +131,15 @@ def check_expansion_memory(algo: str, k: int, batch: int, channels: int, size: i
     have = available_memory(device)
     if need > have:
         raise FastmbrError(f"-k {k} × a batch of {batch} = {k * batch:,} images of {channels}×{size}×{size} need at "
-                           f"least {human(need)} on {device} for the images alone, but {human(have)} is available; lower -k or --batch-size, or raise --accumulate")
+                           f"least {human(need)} on {device} for the images alone, but {human(have)} is available; "
+                           f"lower -k or --batch-size, or raise --accumulate")
+
+
+def validate_model_train_flags(image_size: int | None, iters: int | None, lr: float | None,
+                               lr_step: int | None) -> None:
+    """``model train`` flags whose 0 would otherwise silently mean "the preset's value" (or be ignored)."""
+    at_least(image_size, "--image-size", MIN_IMAGE_SIZE, optional=True)
+    at_least(iters, "--iters", 1, optional=True)
+    at_least(lr_step, "--lr-step", 1, optional=True)
+    if lr is not None:
+        finite(lr, "--lr", 0.0, strict=True)

@@ -22,12 +22,32 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
 
 
 def shard_order(order: torch.Tensor, batch_size: int, num_shards: int, shard_id: int, drop_last: bool) -> torch.Tensor:
-    """This rank's part of the order: global batches of ``batch_size·num_shards`` split evenly across ranks."""
+    """This rank's part of the order: global batches of ``batch_size·num_shards`` split evenly across ranks.
+
+    Unless ``drop_last``, the last, partial global batch is split too, unevenly (``last_step_shares``: the first
+    ranks take one sample more), so N ranks take exactly the steps and samples one process takes. A rank whose
+    share is empty (fewer samples left than ranks) gets the first of them again as a placeholder, so every rank
+    takes every step; the trainer gives each rank's gradient the weight of its real share (0 for a placeholder).
+    """
     global_batch = batch_size * num_shards
-    n = (len(order) // global_batch) * global_batch if (drop_last or num_shards > 1) else len(order)
+    full = (len(order) // global_batch) * global_batch
     if num_shards == 1:
-        return order[:n]
-    return order[:n].view(-1, num_shards, batch_size)[:, shard_id].reshape(-1)
+        return order[:full] if drop_last else order
+    mine = order[:full].view(-1, num_shards, batch_size)[:, shard_id].reshape(-1)
+    if drop_last or full == len(order):
+        return mine
+    rest = order[full:]
+    share = rest.tensor_split(num_shards)[shard_id]
+    return torch.cat([mine, share if len(share) else rest[:1]])
+
+
+def last_step_shares(n: int, batch_size: int, num_shards: int) -> list[int] | None:
+    """Real samples each rank takes in the last, partial global batch of an epoch of ``n`` (as ``shard_order``
+    splits it: ``tensor_split``); None when the global batch divides ``n`` (or one rank takes everything)."""
+    rest = n % (batch_size * num_shards)
+    if num_shards == 1 or rest == 0:
+        return None
+    return [rest // num_shards + (1 if i < rest % num_shards else 0) for i in range(num_shards)]
 
 
 def random_crop(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
