@@ -89,6 +89,8 @@ def train(
     dropout: bool = typer.Option(True, "--dropout/--no-dropout", help="--no-dropout replaces Dropout by identity"),
     deterministic: bool = typer.Option(False, "--deterministic", help="torch.use_deterministic_algorithms(True)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    tensorboard: bool = typer.Option(False, "--tensorboard", help="also write TensorBoard scalars and G(x, δ) "
+                                                                  "samples each epoch (RUN/tensorboard)"),
 ):
     """Train a classifier with one algorithm on domain A and test it on the shifted domains.
 
@@ -104,6 +106,10 @@ def train(
 
     if auto_resume and not out:
         raise FastmbrError("--auto-resume needs --out: a restart must find the same run folder")
+    if tensorboard:
+        from fastmbr.engine.logging import check_tensorboard
+
+        check_tensorboard()  # before the run folder is made
 
     cfg = preset_config(dataset, algo, shift)
     overrides = {
@@ -130,7 +136,8 @@ def train(
     cfg.compile_mode = compile_mode
     cfg.keep_checkpoints, cfg.log_every = keep_checkpoints, log_every
     algorithm_options(cfg.algo)  # a variant flag the algorithm has no use for: one line, before any data loads
-    options = TrainOptions(accumulate=accumulate, sync_bn=sync_bn, dropout=dropout, deterministic=deterministic)
+    options = TrainOptions(accumulate=accumulate, sync_bn=sync_bn, dropout=dropout, deterministic=deterministic,
+                           tensorboard=tensorboard)
     from fastmbr.engine.resume_check import given_fields
 
     metrics, run_dir = run_train(cfg, resume="auto" if auto_resume else resume, progress=progress, options=options,
@@ -200,16 +207,34 @@ def print_shift_scores(summary: dict, as_json: bool) -> None:
 @app.command("run")
 def main_job(
     data_dir: Optional[str] = typer.Option(None, help="use the full MNIST here instead of the embedded subset"),
-    epochs: int = typer.Option(4, help="epochs for each algorithm (4 keeps make run under 5 minutes on 2 cores)"),
+    epochs: int = typer.Option(3, help="epochs for each algorithm (3 keeps make run under 5 minutes on 2 cores)"),
+    shift: str = typer.Option("background-color:blue-yellow",
+                              help="background colours A-B; background-color:blue-red is the paper's setting"),
     out: str = typer.Option("runs/main", help="parent folder of the two runs"),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
+    limit: Optional[int] = typer.Option(None, help="use only the first N training images (a quick try)"),
 ):
-    """The main job: ERM vs MRT-10 with the known background-colour model, MNIST blue → red."""
-    from fastmbr.engine.main_job import run_main_job
+    """The main job: ERM vs MRT-10 with the known background-colour model, MNIST blue → yellow backgrounds."""
+    from fastmbr.engine.main_job import reading, run_main_job, write_samples
 
-    rows = run_main_job(data_dir=data_dir, epochs=epochs, out=Path(out), device=device, seed=seed, console=console)
+    rows = run_main_job(data_dir=data_dir, epochs=epochs, out=Path(out), device=device, seed=seed, console=console,
+                        shift=shift, limit=limit)
     print_metrics_table(rows)
+    console.print(reading(rows))
+    console.print("wall: " + ", ".join(f"{r['algorithm']} {r['wall_s']:.0f} s" for r in rows)
+                  + f"; samples of A, B and G(x, δ): {write_samples(rows, shift, data_dir, seed)}")
+
+
+@app.command("runs")
+def runs_command(
+    root: Path = typer.Argument(Path("runs"), help="folder holding run folders (searched recursively)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """The run folders under ROOT: dataset, shift, algorithm, k, epochs, A/B top-1, status."""
+    from fastmbr.engine.runs import list_runs, print_runs
+
+    print_runs(list_runs(root), root, as_json)
 
 
 @app.command()

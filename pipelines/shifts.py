@@ -29,11 +29,16 @@ TABLE10 = {
     "gtsrb": {"brightness": (40, (85, 125), 170), "contrast": (80, (140, 200), 230)},
 }
 BANDS = ("low", "medium", "high")
-# background-color domains: per-channel uniform ranges of the background colour (0-1)
+# background-color domains: per-channel uniform ranges of the background colour (0-1). Blue, red and green light
+# one channel; their complements yellow, cyan and magenta light the other two, so a pair such as blue-yellow has
+# no channel in which the white digit stands out on both backgrounds (the paper's blue-red shares green's).
 COLOUR_RANGES = {
     "blue": ((0.0, 0.2), (0.0, 0.2), (0.6, 1.0)),
     "red": ((0.6, 1.0), (0.0, 0.2), (0.0, 0.2)),
     "green": ((0.0, 0.2), (0.6, 1.0), (0.0, 0.2)),
+    "yellow": ((0.6, 1.0), (0.6, 1.0), (0.0, 0.2)),
+    "cyan": ((0.0, 0.2), (0.6, 1.0), (0.6, 1.0)),
+    "magenta": ((0.6, 1.0), (0.0, 0.2), (0.6, 1.0)),
 }
 # shifts whose A and B are renderings of the same frames: G's unlabelled pools must come from disjoint frames
 PAIRED_SHIFTS = ("background-color", "corruption", "challenge")

@@ -23,7 +23,7 @@ from fastmbr.errors import FastmbrError
 FREE = frozenset({
     "device", "out", "amp", "compile", "compile_mode", "channels_last", "log_every", "checkpoint_every",
     "keep_checkpoints", "max_nonfinite", "data.loader", "data.num_workers", "data.eval_batch_size", "data.data_dir",
-    "options.accumulate", "options.deterministic",
+    "options.accumulate", "options.deterministic", "options.tensorboard",
 })
 GROWS = frozenset({"optim.epochs"})
 

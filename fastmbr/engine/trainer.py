@@ -47,6 +47,7 @@ from fastmbr.engine.distributed import (
     shutdown,
 )
 from fastmbr.engine.evaluate import accuracy, shift_summary
+from fastmbr.engine.logging import EpochLogger, check_tensorboard, log_epoch
 from fastmbr.engine.optim import build_optimizer, skips_nonfinite_on_device
 from fastmbr.engine.resume_check import check_model_hashes, model_hashes, resumed_config
 from fastmbr.engine.rundir import (
@@ -186,12 +187,14 @@ class TrainOptions:
     sync_bn: SyncBatchNorm over all ranks (CUDA only), so BatchNorm statistics are the global batch's.
     dropout: False replaces every Dropout by the identity: runs whose math does not depend on the rank count.
     deterministic: ``torch.use_deterministic_algorithms(True)``: bit-exact resume on CUDA too.
+    tensorboard: also write TensorBoard scalars and G(x, δ) samples each epoch (``logging.EpochLogger``).
     """
 
     accumulate: int = 1
     sync_bn: bool = False
     dropout: bool = True
     deterministic: bool = False
+    tensorboard: bool = False
 
     # sync_bn and dropout shape the model: a resume refuses a change to them (engine/resume_check.py); the others
     # may change between attempts.
@@ -281,6 +284,8 @@ class Trainer:
                                f"got {o.accumulate}")
         if o.sync_bn and self.dist.enabled and not self.on_cuda:
             raise FastmbrError("--sync-bn needs CUDA: SyncBatchNorm has no CPU implementation")
+        if o.tensorboard:
+            check_tensorboard()
 
     def per_rank_batch(self) -> int:
         """``--batch-size`` is the global batch; each rank takes an equal share of every global batch."""
@@ -646,6 +651,7 @@ class Trainer:
         self.meter.reset()
         self.log(f"epoch {epoch + 1}: loss {train['loss']:.4f} train top-1 {train['acc']:.2f} "
                  f"val top-1 {val['top1']:.2f}")
+        log_epoch(self, record)  # history.csv, TensorBoard
         return record
 
     def fit(self, resume_state: dict | None = None) -> dict:
@@ -661,6 +667,7 @@ class Trainer:
                      f"{self.dist.world_size} process(es) (restart {restart_count()})")
         start_epoch, start_batch = self.position
         self.started = True
+        self.epoch_log = EpochLogger(self.run_dir, self.options.tensorboard, start_epoch, self.dist.is_main)
         with stop_on_signals({}) as stop, ProgressBar(self.progress, self.cfg, len(self.train_loader)) as bar:
             for epoch in range(start_epoch, self.cfg.optim.epochs):
                 bar.start_epoch(epoch, start_batch)
@@ -671,6 +678,7 @@ class Trainer:
                 self.end_epoch(epoch)
                 self.save(epoch + 1, 0)
                 start_batch = 0
+        self.epoch_log.close()
         return self.finish()
 
     def finish(self) -> dict:
