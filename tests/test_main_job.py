@@ -1,5 +1,6 @@
 """The main job (`fastmbr run`): a background-colour pair with no shortcut channel, its table, reading and samples."""
 
+import numpy
 import pytest
 import torch
 from PIL import Image
@@ -7,6 +8,7 @@ from PIL import Image
 from fastmbr.cli import main
 from fastmbr.engine.logging import GRID_IMAGES
 from fastmbr.engine.main_job import MAIN_SHIFT, PAPER_SHIFT, SAMPLES_PNG, reading
+from fastmbr.pipelines.datasets import dataset_info
 from fastmbr.pipelines.shifts import COLOUR_RANGES, parse_shift
 
 
@@ -39,9 +41,9 @@ def test_cli_main_job_prints_the_table_the_reading_and_writes_the_sample_grid(tm
     assert "Both saw only domain A in training" in printed
     assert (out / "erm" / "metrics.json").exists() and (out / "mrt" / "metrics.json").exists()
     grid = Image.open(out / "mrt" / SAMPLES_PNG).convert("RGB")
-    cell = 28 + 2  # MNIST digits with make_grid's 2-pixel padding
+    cell = dataset_info("mnist").image_size + 2  # digits as prepared, with make_grid's 2-pixel padding
     assert grid.size == (GRID_IMAGES * cell + 2, 4 * cell + 2)  # rows: A, B, then G(x, δ) twice
-    pixels = torch.tensor(list(grid.getdata()), dtype=torch.float32).view(grid.size[1], grid.size[0], 3)
+    pixels = torch.from_numpy(numpy.asarray(grid)).float()  # [H, W, 3]
     row_a, row_b = pixels[2:cell], pixels[cell + 2:2 * cell]
     assert row_a[..., 2].mean() > row_a[..., 0].mean() + 50  # blue backgrounds
     assert row_b[..., 0].mean() > row_b[..., 2].mean() + 50 and row_b[..., 1].mean() > row_b[..., 2].mean() + 50
