@@ -107,11 +107,18 @@ def run_folder(root: Path, run: str, seed: int) -> Path:
     check_run_name(run, "recipe")
     out = root / f"{run}-s{seed}"
     base = root.resolve()
-    # a run shared with another recipe (same_as) is a link to that recipe's folder, beside this one's
-    allowed = base.parent if out.is_symlink() else base
-    if not out.resolve().is_relative_to(allowed):
+    if out.is_symlink() and is_sibling_run(out.resolve(), base):
+        return out  # a run shared with another recipe (same_as): a link to a run folder of a recipe beside this one
+    if not out.resolve().is_relative_to(base):
         raise FastmbrError(f"run {run!r}: its folder {out} resolves outside the runs root {base}")
     return out
+
+
+def is_sibling_run(target: Path, base: Path) -> bool:
+    """``target`` is ``ROOT/RECIPE/RUN-sN`` for another recipe folder beside ``base`` under the same runs root."""
+    recipe = target.parent
+    return (recipe.parent == base.parent and recipe != base and RUN_NAME.fullmatch(recipe.name) is not None
+            and re.fullmatch(r"[A-Za-z0-9._-]+-s\d+", target.name) is not None)
 
 
 def stale_differences(run_dir: Path, cfg) -> list[str]:

@@ -88,7 +88,8 @@ ckpt.atomic_write(run / ckpt.checkpoint_name(0, 8), killed_halfway)
 
 
 @pytest.mark.timeout(120)
-def test_process_killed_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path):
+def test_process_killed_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "CHECKPOINT_KEYS", frozenset({"epoch", "batch"}))  # the write path, with toy states
     proc = subprocess.run([sys.executable, "-c", TORN_WRITER, str(tmp_path)], env=worker_env(), capture_output=True,
                           text=True, timeout=100)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
@@ -101,7 +102,8 @@ def test_process_killed_while_writing_a_checkpoint_leaves_the_previous_one_loada
     assert ckpt.load_latest(tmp_path)["batch"] == 4
 
 
-def test_writer_that_fails_midway_leaves_no_file_and_the_previous_checkpoint(tmp_path):
+def test_writer_that_fails_midway_leaves_no_file_and_the_previous_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "CHECKPOINT_KEYS", frozenset({"epoch", "batch"}))  # the write path, with toy states
     ckpt.save_checkpoint(tmp_path, {"epoch": 0, "batch": 4}, keep=2)
 
     def fails_halfway(f):

@@ -196,7 +196,6 @@ def test_model_train_resume_refuses_another_training(tmp_path, change, culprit):
     (["--lr", "0.5"], "optim.lr: 1.0 → 0.5"),
     (["--seed", "1"], "seed: 0 → 1"),
     (["--limit", "96"], "data.limit: 192 → 96"),
-    (["--epochs", "0"], "optim.epochs"),
     (["--shift", "background-color:red-blue"], "data.shift"),
 ])
 def test_resume_refuses_a_changed_run(run_copy, flags, culprit, capsys):
@@ -370,6 +369,9 @@ def test_run_folders_stay_under_the_root(tmp_path):
     with pytest.raises(FastmbrError, match="must match"):
         run_folder(tmp_path / "root", "a/b", 0)
     assert run_folder(tmp_path / "root", "erm", 0) == tmp_path / "root" / "erm-s0"
+    (tmp_path / "other" / "erm-s0").mkdir(parents=True)  # same_as: a run of a recipe beside this one
+    (tmp_path / "root" / "shared-s0").symlink_to(tmp_path / "other" / "erm-s0")
+    assert run_folder(tmp_path / "root", "shared", 0) == tmp_path / "root" / "shared-s0"
 
 
 def fake_train(cfg, **kw):

@@ -79,7 +79,7 @@ class MunitTrainConfig:
         for name in ("iters", "batch_size", "lr_step", "checkpoint_every", "semantic_epochs"):
             if getattr(cfg, name) < 1:
                 raise FastmbrError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-        for name in ("semantic", "recon_x_cyc"):
+        for name in ("semantic",):  # --cycle is checked by validate_munit
             value = getattr(cfg, name)
             if not (math.isfinite(value) and value >= 0):
                 raise FastmbrError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
