@@ -70,17 +70,11 @@ def summary(result: dict | None) -> str:
     if result is None:
         return "not scored"
     g = result.get("g", {})
-    worst = next((k for k in result if k.startswith("content_kept_worst_of_")), None)
     sem = f", semantic {g['semantic']:g}" if g.get("semantic") else ""
-    worst_part = f", all {worst.rsplit('_', 1)[1]} draws {100 * result[worst]:.0f}%" if worst else ""
+    worst_part = f", all {worst_key(result).rsplit('_', 1)[1]} draws {100 * worst_of(result):.0f}%"
     return (f"{g.get('preset')} {g.get('iterations')} it × batch {g.get('batch_size')}{sem}: content kept "
             f"{100 * result['content_kept']:.0f}% ({result['content_kept_vs_identity']:.2f}× identity"
             f"{worst_part}), shift {100 * result['shift_achieved']:.0f}%")
-
-
-def g_dir_of(model: str) -> Path | None:
-    """The G folder behind a resolved ``--model`` entry (None for known models)."""
-    return None if model.startswith("known:") else Path(model)
 
 
 def check_snapshot(g_dir: Path, iteration: int) -> Path:
@@ -113,5 +107,10 @@ def snapshot_scores(g_dir: Path, values: list[int], folder: Path) -> tuple[dict[
     return {v: 100 * r["content_kept"] for v, r in scores.items() if r is not None}, rows
 
 
+def worst_key(result: dict) -> str:
+    """The score's ``content_kept_worst_of_K`` key (K: the draws per image it was scored with)."""
+    return next(k for k in result if k.startswith("content_kept_worst_of_"))
+
+
 def worst_of(result: dict) -> float:
-    return next(result[k] for k in result if k.startswith("content_kept_worst_of_"))
+    return result[worst_key(result)]

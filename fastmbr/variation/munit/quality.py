@@ -24,8 +24,9 @@ def g_folders(g_dirs: list[Path]) -> list[tuple[str, Path]]:
         snapshots = sorted((g_dir / "snapshots").glob("iter_*")) if (g_dir / "snapshots").is_dir() else []
         final = json_iterations(g_dir)
         for snap in snapshots:
-            if json_iterations(snap) != final:
-                rows.append((f"{g_dir.name}@{json_iterations(snap)}", snap))
+            iterations = json_iterations(snap)
+            if iterations != final:
+                rows.append((f"{g_dir.name}@{iterations}", snap))
         rows.append((g_dir.name, g_dir))
     return rows
 
@@ -45,13 +46,14 @@ def grid_of(folder: Path) -> Path | None:
 
 
 def row(name: str, result: dict, grid: str | None) -> str:
+    from fastmbr.repro_gscore import worst_of
+
     g = result["g"]
-    worst = next(k for k in result if k.startswith("content_kept_worst_of_"))
     box = g.get("delta_box") or ["?", "?"]
     return (f"| {name} | {g.get('preset')} | {g.get('semantic') or 0:g} | {g.get('prior')} [{box[0]:g}, {box[1]:g}] | "
             f"{g.get('iterations')} | {g.get('batch_size')} | {g.get('train_minutes')} | "
             f"{100 * result['content_kept']:.1f} | {result['content_kept_vs_identity']:.2f} | "
-            f"{100 * result[worst]:.1f} | {100 * result['shift_achieved']:.1f} | "
+            f"{100 * worst_of(result):.1f} | {100 * result['shift_achieved']:.1f} | "
             + (f"[grid]({grid})" if grid else "–") + " |")
 
 
