@@ -233,7 +233,8 @@ def report_command(
     _set_threads(threads)
     dev = resolve_device(device)
     command = "fastmbr model report " + " ".join(str(g) for g in g_dirs) + f" --dataset {dataset}" + \
-        (f" --shift {shift}" if shift else "") + f" --out {out}"
+        (f" --shift {shift}" if shift else "") + f" --out {out}" + \
+        (f" --data-dir {data_dir}" if data_dir else "") + (f" --cache-dir {cache_dir}" if cache_dir else "")
     path = write_report(list(g_dirs), dataset, shift, str(data_dir) if data_dir else None, str(dev), Path(out),
                         cache_dir or Path(g_dirs[0]).parent / "score_cache", command)
     typer.echo(f"wrote {path}")
