@@ -161,7 +161,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Top-1/top-5 of a trained classifier on a dataset's test domains (under one shift or several)."""
-    from fastmbr.engine.trainer import evaluate_run, evaluate_shifts
+    from fastmbr.engine.run_eval import evaluate_run, evaluate_shifts
     from fastmbr.pipelines.datasets import ALL_CORRUPTIONS, unreadable_note
 
     if len(shift) > 1 or shift == [ALL_CORRUPTIONS]:

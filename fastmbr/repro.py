@@ -295,7 +295,7 @@ def shift_key(shift: str) -> str:
 def evaluate_shifts(recipe: dict, run_dir: Path, data_dir: str | None, device: str) -> None:
     """Score a finished run on each of the recipe's ``eval_shifts`` (e.g. every severity), once each."""
     from fastmbr.engine.rundir import write_json
-    from fastmbr.engine.trainer import evaluate_run
+    from fastmbr.engine.run_eval import evaluate_run
 
     for shift in recipe.get("eval_shifts", []):
         path = run_dir / "eval" / f"{shift_key(shift)}.json"

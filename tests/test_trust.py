@@ -244,7 +244,8 @@ def test_learned_g_is_pinned_by_content_on_resume_and_eval(run_copy, tmp_path, c
 def test_new_run_records_its_learned_g(tmp_path):
     """config.json holds the sha256 of every learned G the run uses (known models need none)."""
     from fastmbr.config import preset_config
-    from fastmbr.engine.trainer import open_run_folder, TrainOptions
+    from fastmbr.engine.run_open import open_run_folder
+    from fastmbr.engine.trainer import TrainOptions
 
     cfg = preset_config("mnist", "mrt", "background-color")
     cfg.out = str(tmp_path / "r")
