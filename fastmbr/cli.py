@@ -273,7 +273,8 @@ def repro(
     only: Optional[list[str]] = typer.Option(None, "--only", help="run only these runs of the recipe (repeatable)"),
 ):
     """Run a paper experiment recipe (every algorithm × seed) and write its results table."""
-    from fastmbr.repro import run_recipe, write_report
+    from fastmbr.repro.report import write_report
+    from fastmbr.repro.runner import run_recipe
 
     path = write_report(name, root, full) if report else run_recipe(name, seeds, full, data_dir, device, root,
                                                                     console, only)

@@ -361,7 +361,7 @@ def test_bad_recipes_are_one_line(tmp_path, text, culprit, capsys, monkeypatch):
 
 
 def test_run_folders_stay_under_the_root(tmp_path):
-    from fastmbr.recipe_check import run_folder
+    from fastmbr.repro.check import run_folder
 
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "link-s0").symlink_to(tmp_path / "elsewhere")
