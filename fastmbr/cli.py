@@ -161,7 +161,7 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Top-1/top-5 of a trained classifier on a dataset's test domains (under one shift or several)."""
-    from fastmbr.engine.trainer import evaluate_run, evaluate_shifts
+    from fastmbr.engine.run_eval import evaluate_run, evaluate_shifts
     from fastmbr.pipelines.datasets import ALL_CORRUPTIONS, unreadable_note
 
     if len(shift) > 1 or shift == [ALL_CORRUPTIONS]:
@@ -273,7 +273,8 @@ def repro(
     only: Optional[list[str]] = typer.Option(None, "--only", help="run only these runs of the recipe (repeatable)"),
 ):
     """Run a paper experiment recipe (every algorithm × seed) and write its results table."""
-    from fastmbr.repro import run_recipe, write_report
+    from fastmbr.repro.report import write_report
+    from fastmbr.repro.runner import run_recipe
 
     path = write_report(name, root, full) if report else run_recipe(name, seeds, full, data_dir, device, root,
                                                                     console, only)

@@ -18,7 +18,8 @@ import torch
 from fastmbr.cli import main
 from fastmbr.config import preset_config
 from fastmbr.engine import checkpoint as ckpt
-from fastmbr.engine.trainer import TrainOptions, open_run_folder
+from fastmbr.engine.run_open import open_run_folder
+from fastmbr.engine.trainer import TrainOptions
 from fastmbr.errors import FastmbrError
 from processes import assert_bit_identical, run_single, succeeded, worker_env
 

@@ -68,7 +68,7 @@ def test_a_trained_classifier_is_scored_on_imagenet_c_at_its_own_view(data_dir, 
     """Train on the clean tree, then ``fastmbr eval --shift corruption:S``: B is read uncropped (ImageNet-C is
     already ImageNet's centred 224/256 crop), A at ImageNet's view."""
     from fastmbr.cli import main
-    from fastmbr.engine import trainer
+    from fastmbr.engine import run_eval, trainer_setup
     from fastmbr.pipelines import datasets
     from fastmbr.pipelines.datasets import read_splits
 
@@ -78,8 +78,8 @@ def test_a_trained_classifier_is_scored_on_imagenet_c_at_its_own_view(data_dir, 
         seen[Path(data.source).relative_to(data_dir).as_posix()] = cfg.center_crop
         return build(data, cfg)
 
-    build = trainer.build_loader
-    monkeypatch.setattr(trainer, "build_loader", recording)
+    build = trainer_setup.build_loader
+    monkeypatch.setattr(trainer_setup, "build_loader", recording)
     run = tmp_path / "run"
     main(["train", "imagenet", "--data-dir", str(data_dir), "--arch", "cnn", "--optimizer", "adadelta", "--lr", "1",
           "--epochs", "1", "--image-size", "16", "--batch-size", "6", "--device", "cpu", "--no-progress",
@@ -92,8 +92,9 @@ def test_a_trained_classifier_is_scored_on_imagenet_c_at_its_own_view(data_dir, 
     assert seen == {"imagenet/val": pytest.approx(224 / 256), "imagenet-c/snow/3": 1.0}
 
     built, read = [], []
-    monkeypatch.setattr(trainer, "build_loader", lambda data, cfg: built.append(data.source) or build(data, cfg))
-    for module in (trainer, datasets):  # wherever the splits are read, they are counted
+    monkeypatch.setattr(trainer_setup, "build_loader",
+                        lambda data, cfg: built.append(data.source) or build(data, cfg))
+    for module in (run_eval, datasets):  # wherever the splits are read, they are counted
         monkeypatch.setattr(module, "read_splits", lambda *a: read.append(a) or read_splits(*a))
     main(["eval", str(run), "--shift", "corruption:all", "--json"])
     every = json.loads(capsys.readouterr().out)

@@ -110,7 +110,7 @@ def test_recipe_runs_then_scores_each_evaluation_shift_into_a_curve(tmp_path, mo
 
 
 def test_reading_calls_gaps_within_seed_spread_and_skips_rows_with_fewer_seeds():
-    from fastmbr.repro import reading
+    from fastmbr.repro.readings import reading
 
     recipe = load_recipe("t5_usps")
 
@@ -126,7 +126,7 @@ def test_reading_calls_gaps_within_seed_spread_and_skips_rows_with_fewer_seeds()
 
 
 def test_evaluation_shifts_sit_at_their_severity_on_the_curve_axis():
-    from fastmbr.repro import shift_axis
+    from fastmbr.repro.report import shift_axis
 
     assert shift_axis(["corruption:snow-1", "corruption:snow-3", "corruption:snow-5"]) == [1, 3, 5]
     assert shift_axis(["challenge:snow-3", "challenge:snow-4"]) == [3, 4]
@@ -135,7 +135,7 @@ def test_evaluation_shifts_sit_at_their_severity_on_the_curve_axis():
 
 
 def test_learned_model_full_settings_get_their_own_folder_and_command(tmp_path):
-    from fastmbr.repro import learned_model_dir, learned_model_spec, run_config
+    from fastmbr.repro.recipe import learned_model_dir, learned_model_spec, run_config
 
     recipe = load_recipe("t3_tinyimagenet_snow")
     budget, full = (learned_model_spec(recipe, "tiny-snow", f) for f in (False, True))
@@ -153,7 +153,8 @@ def test_learned_model_full_settings_get_their_own_folder_and_command(tmp_path):
 
 def test_a_finished_g_that_no_longer_matches_its_recipe_is_refused(tmp_path, monkeypatch):
     """Editing a recipe's learned model (more iterations) after its G was trained must not reuse the old G."""
-    from fastmbr.repro import ensure_learned_models, learned_model_dir
+    from fastmbr.repro.recipe import learned_model_dir
+    from fastmbr.repro.runner import ensure_learned_models
     from fastmbr.variation.munit.io import FORMAT, META
 
     recipe = load_recipe("t3_tinyimagenet_snow")
@@ -191,7 +192,7 @@ def test_runs_held_by_another_live_process_are_skipped_and_dead_owners_lose_thei
     import subprocess
     import sys
 
-    from fastmbr import repro
+    from fastmbr.repro import runner
 
     recipe = tmp_path / "two_runs.yaml"
     recipe.write_text('title: "locks"\ndataset: mnist\nshift: background-color\nseeds: 1\n'
@@ -199,26 +200,26 @@ def test_runs_held_by_another_live_process_are_skipped_and_dead_owners_lose_thei
                       "  mrt: {algo: mrt, k: 3, model: [known:background-color]}\n")
     trained = []
     monkeypatch.setattr("fastmbr.engine.trainer.train", lambda cfg, **kw: trained.append(Path(cfg.out).name))
-    monkeypatch.setattr(repro, "write_report", lambda *a, **k: None)
+    monkeypatch.setattr(runner, "write_report", lambda *a, **k: None)
     root = tmp_path / "runs"
     for run in ("erm", "mda", "mrt"):
         (root / "two_runs" / f"{run}-s0").mkdir(parents=True)
     holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
               "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); "
               "time.sleep(60)")
-    other = subprocess.Popen([sys.executable, "-c", holder, str(root / "two_runs" / "erm-s0" / repro.LOCK)],
+    other = subprocess.Popen([sys.executable, "-c", holder, str(root / "two_runs" / "erm-s0" / runner.LOCK)],
                              stdout=subprocess.PIPE, text=True)
     assert other.stdout.readline().strip() == "locked"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    (root / "two_runs" / "mda-s0" / repro.LOCK).write_text(dead.stdout.strip())
-    (root / "two_runs" / "mrt-s0" / repro.LOCK).write_text("")  # a lock file whose writer has not written yet
+    (root / "two_runs" / "mda-s0" / runner.LOCK).write_text(dead.stdout.strip())
+    (root / "two_runs" / "mrt-s0" / runner.LOCK).write_text("")  # a lock file whose writer has not written yet
     try:
-        repro.run_recipe(str(recipe), None, False, None, "cpu", root)
+        runner.run_recipe(str(recipe), None, False, None, "cpu", root)
     finally:
         other.kill()
         other.wait()
     assert trained == ["mda-s0", "mrt-s0"]  # erm-s0 is locked by the live process; the others hold no lock
-    fd = os.open(root / "two_runs" / "mda-s0" / repro.LOCK, os.O_RDWR)
+    fd = os.open(root / "two_runs" / "mda-s0" / runner.LOCK, os.O_RDWR)
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released after the run
     os.close(fd)
 
@@ -251,7 +252,8 @@ def test_each_family_of_evaluation_shifts_gets_its_table_and_plot(tmp_path, monk
 
 
 def test_table_3_layout_takes_each_column_from_the_run_whose_g_was_learned_for_it():
-    from fastmbr.repro import matched_model_section, shift_key
+    from fastmbr.repro.recipe import shift_key
+    from fastmbr.repro.report import matched_model_section
 
     recipe = load_recipe("t3_tinyimagenet_snow")
     rng = random.Random(5)
@@ -284,7 +286,8 @@ def test_table_3_layout_takes_each_column_from_the_run_whose_g_was_learned_for_i
 
 
 def test_table_3_layout_gives_each_kind_of_g_its_own_row():
-    from fastmbr.repro import matched_model_section, shift_key
+    from fastmbr.repro.recipe import shift_key
+    from fastmbr.repro.report import matched_model_section
 
     recipe = load_recipe("t3_imagenette_transfer")
     evals = {shift_key(s): {"B": {"top1": 10.0}} for s in recipe["eval_shifts"]}

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fastmbr.repro import (learned_models_used, link_shared_run, load_recipe, run_config, shared_note,
-                           snapshots_ready, snapshots_used)
-from fastmbr.repro_gscore import read_score, snapshot_dir, summary
+from fastmbr.repro.gscore import read_score, snapshot_dir, summary
+from fastmbr.repro.recipe import learned_models_used, load_recipe, run_config, snapshots_used
+from fastmbr.repro.report import shared_note
+from fastmbr.repro.runner import link_shared_run, snapshots_ready
 
 ROOT = Path("runs/repro")
 

@@ -2,7 +2,7 @@
 
 from fastmbr.config import AlgoConfig
 from fastmbr.repro import load_recipe
-from fastmbr.repro_readings import (extra_rows, paper_cell, paper_header, paper_rows, reading, row_label,
+from fastmbr.repro.readings import (extra_rows, paper_cell, paper_header, paper_rows, reading, row_label,
                                     variant_note)
 
 

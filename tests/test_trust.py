@@ -244,7 +244,8 @@ def test_learned_g_is_pinned_by_content_on_resume_and_eval(run_copy, tmp_path, c
 def test_new_run_records_its_learned_g(tmp_path):
     """config.json holds the sha256 of every learned G the run uses (known models need none)."""
     from fastmbr.config import preset_config
-    from fastmbr.engine.trainer import open_run_folder, TrainOptions
+    from fastmbr.engine.run_open import open_run_folder
+    from fastmbr.engine.trainer import TrainOptions
 
     cfg = preset_config("mnist", "mrt", "background-color")
     cfg.out = str(tmp_path / "r")
@@ -360,7 +361,7 @@ def test_bad_recipes_are_one_line(tmp_path, text, culprit, capsys, monkeypatch):
 
 
 def test_run_folders_stay_under_the_root(tmp_path):
-    from fastmbr.recipe_check import run_folder
+    from fastmbr.repro.check import run_folder
 
     (tmp_path / "root").mkdir()
     (tmp_path / "root" / "link-s0").symlink_to(tmp_path / "elsewhere")

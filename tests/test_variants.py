@@ -206,11 +206,12 @@ def test_training_builds_the_named_variants_and_records_them(tmp_path, monkeypat
     import json
 
     from fastmbr.config import preset_config
-    from fastmbr.engine import trainer
+    from fastmbr.engine import trainer, trainer_setup
 
     built = []
-    real_build = trainer.build_algorithm
-    monkeypatch.setattr(trainer, "build_algorithm", lambda *a, **kw: built.append(real_build(*a, **kw)) or built[-1])
+    real_build = trainer_setup.build_algorithm
+    monkeypatch.setattr(trainer_setup, "build_algorithm",
+                        lambda *a, **kw: built.append(real_build(*a, **kw)) or built[-1])
     cfg = preset_config("mnist", "mat", "background-color")
     cfg.data.limit, cfg.data.batch_size, cfg.optim.epochs = 64, 32, 1
     cfg.device, cfg.out = "cpu", str(tmp_path / "run")

@@ -46,7 +46,7 @@ def grid_of(folder: Path) -> Path | None:
 
 
 def row(name: str, result: dict, grid: str | None) -> str:
-    from fastmbr.repro_gscore import worst_of
+    from fastmbr.repro.gscore import worst_of
 
     g = result["g"]
     box = g.get("delta_box") or ["?", "?"]
@@ -60,7 +60,7 @@ def row(name: str, result: dict, grid: str | None) -> str:
 def write_report(g_dirs: list[Path], dataset: str, shift: str, data_dir: str | None, device: str, out: Path,
                  cache_dir: Path, command: str) -> Path:
     """Score every G folder (stored scores reused while G is unchanged) and write the table to ``out``."""
-    from fastmbr.repro_gscore import ensure_score
+    from fastmbr.repro.gscore import ensure_score
 
     folders = g_folders(g_dirs)
     loaded: dict = {}
