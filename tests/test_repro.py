@@ -298,3 +298,21 @@ def test_table_3_layout_gives_each_kind_of_g_its_own_row():
                     "MDA (the column's G: tiny-imagenet classes all, tiny, 4000 it)",
                     "MDA (the column's G: tiny-imagenet classes all, tiny, 4000 it; λ = 3.0)",
                     "MDA (the column's G: tiny-imagenet classes all, tiny, 4000 it; lr = 0.0125)"]
+
+
+def test_table_3_layout_gives_an_algorithm_variant_its_own_row():
+    """Two runs on one G that differ by a variant (MDA-3's loss reduction) are two rows, never one cell picking
+    either run."""
+    from fastmbr.repro.recipe import shift_key
+    from fastmbr.repro.report import matched_model_section
+
+    recipe = load_recipe("t3_imagenette_variants")
+    runs = {}
+    for run, top1 in (("erm", 30.0), ("mda", 26.0), ("mda-mean", 22.0)):
+        evals = {shift_key(s): {"B": {"top1": top1}} for s in recipe["eval_shifts"]}
+        runs[run] = [{"eval": evals}] * 2
+    lines = [line for line in matched_model_section(recipe, runs) if line.startswith("| M")]
+    assert len(lines) == 2
+    assert lines[0].startswith("| MDA (the column's G: tiny-imagenet classes 0-9, tiny, 2000 it) | 26.0 ± 0.0 (mda)")
+    assert lines[1].startswith("| MDA (the column's G: tiny-imagenet classes 0-9, tiny, 2000 it; loss_reduction = mean)"
+                               " | 22.0 ± 0.0 (mda-mean)")

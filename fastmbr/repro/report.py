@@ -212,17 +212,21 @@ def shift_family(shift: str) -> str:
     return re.sub(r"-\d+$", "", shift)
 
 
+# Run keys that make a run's matched-G row its own: λ, lr and the algorithm variants (docs/design.md).
+OWN_ROW_KEYS = ("lambda", "lr", "select", "mat_init", "mat_step", "loss_reduction", "shared_delta")
+
+
 def learned_family(recipe: dict, run: str) -> tuple[str, str] | None:
     """The shift family the run's one learned G was trained for (``mda-fog`` → ``corruption:fog``) and how that G
-    was trained apart from its shift (data, classes, size, iterations) with the run's own λ and lr: runs of one
-    kind form one row. None for runs without exactly one learned G."""
+    was trained apart from its shift (data, classes, size, iterations) with the run's own λ, lr and variant: runs of
+    one kind form one row. None for runs without exactly one learned G."""
     models = recipe["runs"][run].get("model", [])
     if len(models) != 1 or not models[0].startswith("learned:"):
         return None
     spec = recipe["learned_models"][models[0][len("learned:"):]]
     kind = (f"{spec['dataset']} classes {spec.get('classes', 'all')}, {spec.get('size', 'tiny')}, "
             f"{spec.get('iters', 'preset')} it")
-    own = {"λ" if key == "lambda" else key: recipe["runs"][run][key] for key in ("lambda", "lr")
+    own = {"λ" if key == "lambda" else key: recipe["runs"][run][key] for key in OWN_ROW_KEYS
            if key in recipe["runs"][run]}
     return shift_family(spec["shift"]), kind + "".join(f"; {key} = {value}" for key, value in own.items())
 
