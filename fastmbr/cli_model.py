@@ -21,15 +21,9 @@ model_app = typer.Typer(help="Learned models of natural variation (MUNIT): train
 
 
 def resolve_device(device: str):
-    import torch
+    from fastmbr.engine.trainer import resolve_device as resolve
 
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise FastmbrError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise FastmbrError(f"--device {device}: no CUDA device is available")
-    return torch.device(device)
+    return resolve(device)
 
 
 def _set_threads(threads: Optional[int]) -> None:
@@ -244,6 +238,8 @@ def _print_score(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from fastmbr.variation.munit.score import kept_in_all_draws
+
     table = Table(title=f"G on {result['dataset']} {result['shift']} ({result['n_test']} test images of A)")
     table.add_column("images")
     table.add_column("content kept (oracle top-1)", justify="right")
@@ -252,10 +248,10 @@ def _print_score(result: dict) -> None:
         table.add_row(label, f"{100 * r['content_kept']:.1f}%", f"{100 * r['shift_achieved']:.1f}%")
     console = Console()
     console.print(table)
-    worst = next(k for k in result if k.startswith("content_kept_worst_of_"))
+    draws, kept = kept_in_all_draws(result)
     g = result["g"]
     console.print(f"content kept: {result['content_kept_vs_identity']:.2f}× the identity's; in all of "
-                  f"{worst.rsplit('_', 1)[1]} draws: {100 * result[worst]:.1f}%")
+                  f"{draws} draws: {100 * kept:.1f}%")
     console.print(f"G: {g.get('preset')} preset, {g.get('iterations')} iterations at batch {g.get('batch_size')}, "
                   f"{g.get('train_minutes')} min, semantic {g.get('semantic')}")
     oracle = result["helpers"]["oracle_top1"]

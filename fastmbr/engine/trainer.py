@@ -48,10 +48,10 @@ from fastmbr.errors import FastmbrError
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise FastmbrError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise FastmbrError(f"--device {name}: CUDA is not available on this machine")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise FastmbrError(f"--device must be auto, cpu or cuda[:N], got {name!r}")
     return torch.device(name)
 
 

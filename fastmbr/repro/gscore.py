@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastmbr.errors import FastmbrError
 from fastmbr.fileio import atomic_write
+from fastmbr.variation.munit.score import kept_in_all_draws
 
 SCORE = "score.json"
 
@@ -21,6 +22,10 @@ def snapshot_dir(g_dir: Path, iteration: int) -> Path:
     from fastmbr.variation.munit.train import snapshot_dir as where
 
     return where(g_dir, iteration)
+
+
+def has_snapshot(g_dir: Path, iteration: int) -> bool:
+    return (snapshot_dir(g_dir, iteration) / "G.json").is_file()
 
 
 def read_score(g_dir: Path) -> dict | None:
@@ -42,8 +47,7 @@ def ensure_score(g_dir: Path, dataset: str, shift: str, data_dir: str | None, de
     """Score G once (or again after it changed) and store the result in ``G_DIR/score.json``.
 
     ``loaded``: a dict the caller keeps across calls, so that scoring several G's decodes the data once."""
-    import torch
-
+    from fastmbr.engine.trainer import resolve_device
     from fastmbr.pipelines.datasets import load_domains
     from fastmbr.variation.munit.io import load_variation, read_meta
     from fastmbr.variation.munit.score import describe_g, score
@@ -52,8 +56,7 @@ def ensure_score(g_dir: Path, dataset: str, shift: str, data_dir: str | None, de
     if found is not None:
         return found
     meta = read_meta(g_dir)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     g = load_variation(g_dir, dev)
     key = (dataset, shift, data_dir, g.image_size)
     loaded = {} if loaded is None else loaded
@@ -71,29 +74,28 @@ def summary(result: dict | None) -> str:
         return "not scored"
     g = result.get("g", {})
     sem = f", semantic {g['semantic']:g}" if g.get("semantic") else ""
-    worst_part = f", all {worst_key(result).rsplit('_', 1)[1]} draws {100 * worst_of(result):.0f}%"
+    draws, kept = kept_in_all_draws(result)
+    worst_part = f", all {draws} draws {100 * kept:.0f}%"
     return (f"{g.get('preset')} {g.get('iterations')} it × batch {g.get('batch_size')}{sem}: content kept "
             f"{100 * result['content_kept']:.0f}% ({result['content_kept_vs_identity']:.2f}× identity"
             f"{worst_part}), shift {100 * result['shift_achieved']:.0f}%")
 
 
 def check_snapshot(g_dir: Path, iteration: int) -> Path:
-    where = snapshot_dir(g_dir, iteration)
-    if not (where / "G.json").is_file():
+    if not has_snapshot(g_dir, iteration):
         raise FastmbrError(f"{g_dir} has no snapshot at iteration {iteration}: list it under the learned model's "
                            f"snapshots and train it again (move {g_dir} away)")
-    return where
+    return snapshot_dir(g_dir, iteration)
 
 
 def snapshot_scores(g_dir: Path, values: list[int], folder: Path) -> tuple[dict[int, float], list[str]]:
     """For a sweep over the snapshots of one G: (value → content kept %, for the plot) and the table rows of each
     snapshot's score; ``folder/g_scores.csv`` holds them too."""
-    scores = {v: read_score(snapshot_dir(g_dir, v)) if (snapshot_dir(g_dir, v) / "G.json").is_file() else None
-              for v in values}
+    scores = {v: read_score(snapshot_dir(g_dir, v)) if has_snapshot(g_dir, v) else None for v in values}
     csv = ["snapshot,content_kept,content_kept_vs_identity,content_kept_worst_of_k,shift_achieved"]
     for v, r in scores.items():
         if r is not None:
-            csv.append(f"{v},{r['content_kept']:.4f},{r['content_kept_vs_identity']:.4f},{worst_of(r):.4f},"
+            csv.append(f"{v},{r['content_kept']:.4f},{r['content_kept_vs_identity']:.4f},{kept_in_all_draws(r)[1]:.4f},"
                        f"{r['shift_achieved']:.4f}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "g_scores.csv").write_text("\n".join(csv) + "\n")
@@ -102,15 +104,7 @@ def snapshot_scores(g_dir: Path, values: list[int], folder: Path) -> tuple[dict[
         return " | ".join(f"{100 * pick(scores[v]):.1f}%" if scores[v] else "–" for v in values)
 
     rows = [f"| G content kept ([CSV]({folder.name}/g_scores.csv)) | {cells(lambda r: r['content_kept'])} |",
-            f"| G content kept, all 10 draws | {cells(worst_of)} |",
+            f"| G content kept, all 10 draws | {cells(lambda r: kept_in_all_draws(r)[1])} |",
             f"| G shift achieved | {cells(lambda r: r['shift_achieved'])} |"]
     return {v: 100 * r["content_kept"] for v, r in scores.items() if r is not None}, rows
 
-
-def worst_key(result: dict) -> str:
-    """The score's ``content_kept_worst_of_K`` key (K: the draws per image it was scored with)."""
-    return next(k for k in result if k.startswith("content_kept_worst_of_"))
-
-
-def worst_of(result: dict) -> float:
-    return result[worst_key(result)]

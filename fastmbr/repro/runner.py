@@ -110,12 +110,12 @@ def ensure_learned_models(recipe: dict, root: Path, data_dir: str | None, device
 
 def snapshots_ready(recipe: dict, runs: list[str], name: str, g_dir: Path) -> bool:
     """Whether the runs use only snapshots of G, all already written: they can start while G trains on."""
-    from fastmbr.repro.gscore import snapshot_dir
+    from fastmbr.repro.gscore import has_snapshot
 
     uses_final = any(m == f"learned:{name}" and "snapshot" not in recipe["runs"][run]
                      for run in runs for m in recipe["runs"][run].get("model", []))
     wanted = snapshots_used(recipe, runs, name)
-    return bool(wanted) and not uses_final and all((snapshot_dir(g_dir, it) / "G.json").is_file() for it in wanted)
+    return bool(wanted) and not uses_final and all(has_snapshot(g_dir, it) for it in wanted)
 
 
 def score_learned_models(recipe: dict, root: Path, data_dir: str | None, device: str, runs: list[str],

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastmbr.errors import FastmbrError
 from fastmbr.fileio import atomic_write
+from fastmbr.variation.munit.score import kept_in_all_draws
 
 
 def g_folders(g_dirs: list[Path]) -> list[tuple[str, Path]]:
@@ -46,14 +47,12 @@ def grid_of(folder: Path) -> Path | None:
 
 
 def row(name: str, result: dict, grid: str | None) -> str:
-    from fastmbr.repro.gscore import worst_of
-
     g = result["g"]
     box = g.get("delta_box") or ["?", "?"]
     return (f"| {name} | {g.get('preset')} | {g.get('semantic') or 0:g} | {g.get('prior')} [{box[0]:g}, {box[1]:g}] | "
             f"{g.get('iterations')} | {g.get('batch_size')} | {g.get('train_minutes')} | "
             f"{100 * result['content_kept']:.1f} | {result['content_kept_vs_identity']:.2f} | "
-            f"{100 * worst_of(result):.1f} | {100 * result['shift_achieved']:.1f} | "
+            f"{100 * kept_in_all_draws(result)[1]:.1f} | {100 * result['shift_achieved']:.1f} | "
             + (f"[grid]({grid})" if grid else "–") + " |")
 
 

@@ -112,6 +112,15 @@ def _rates(images: torch.Tensor, labels: torch.Tensor, oracle: nn.Module, critic
     return {"content_kept": correct / n, "shift_achieved": called_b / n}
 
 
+WORST_PREFIX = "content_kept_worst_of_"  # + K: the score's share of A's test images kept in all of K draws
+
+
+def kept_in_all_draws(result: dict) -> tuple[int, float]:
+    """(K, the share of A's test images whose label survives every one of G's K draws) from a score."""
+    key = next(k for k in result if k.startswith(WORST_PREFIX))
+    return int(key[len(WORST_PREFIX):]), result[key]
+
+
 @torch.no_grad()
 def _worst_of_k(images: torch.Tensor, labels: torch.Tensor, oracle: nn.Module, g: NaturalVariation, k: int,
                 generator: torch.Generator, device, batch_size: int = 128) -> float:
@@ -151,7 +160,7 @@ def score(g: NaturalVariation, domains: Domains, device: str | torch.device = "c
     return {
         **varied,
         "content_kept_vs_identity": varied["content_kept"] / max(identity["content_kept"], 1e-9),
-        f"content_kept_worst_of_{cfg.worst_k}": worst,
+        f"{WORST_PREFIX}{cfg.worst_k}": worst,
         "identity": identity,
         "real_b": real_b,
         "helpers": {
